@@ -1,0 +1,266 @@
+//! Portable kernels: the reference semantics of every kernel and the path used on targets
+//! without SIMD support (Cortex-M).
+
+use super::{BLayout, Epilogue, Gemm, MatB, SparseIndices, WeightSlice};
+
+/// `e^x` for f32, Cephes-style range reduction and a degree-6 polynomial (≤ 2 ulp on the
+/// range used here). Inputs are clamped to [-87.33, 88.37]; below that the result is the
+/// smallest normal number rather than a denormal or zero.
+#[inline]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.336_54, 88.376_26);
+    let n = libm::floorf(x * core::f32::consts::LOG2_E + 0.5);
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let y = p * r * r + r + 1.0;
+    let bits = ((n as i32 + 127) as u32) << 23;
+    y * f32::from_bits(bits)
+}
+
+/// `erf(x)` with the Abramowitz–Stegun 7.1.26 rational form (max abs error 1.5e-7), the same
+/// formula PyTorch's vectorised CPU kernels use.
+#[inline]
+pub fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A1: f32 = 0.254_829_6;
+    const A2: f32 = -0.284_496_74;
+    const A3: f32 = 1.421_413_8;
+    const A4: f32 = -1.453_152_1;
+    const A5: f32 = 1.061_405_4;
+    let ax = x.abs();
+    let t = 1.0 / (1.0 + P * ax);
+    let poly = ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t;
+    let y = 1.0 - poly * exp(-ax * ax);
+    if x < 0.0 {
+        -y
+    } else {
+        y
+    }
+}
+
+/// Exact GELU of one value.
+#[inline]
+pub fn gelu_one(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * core::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[inline]
+fn finish(v: f32, j: usize, ep: &Epilogue<'_>, c: &mut f32) {
+    let mut v = v;
+    if let Some(b) = ep.bias {
+        v += b[j];
+    }
+    if ep.gelu {
+        v = gelu_one(v);
+    }
+    if ep.accumulate {
+        match ep.scale {
+            Some(s) => *c += s[j] * v,
+            None => *c += v,
+        }
+    } else {
+        *c = v;
+    }
+}
+
+fn dot_nk(a: &[f32], b: &MatB<'_>, j: usize) -> f32 {
+    let k = b.k;
+    let base = j * b.ld;
+    let mut acc = [0.0f32; 4];
+    macro_rules! run {
+        ($w:expr, $conv:expr) => {{
+            let w = &$w[base..base + k];
+            let chunks = k / 4;
+            for c in 0..chunks {
+                for l in 0..4 {
+                    acc[l] += a[c * 4 + l] * $conv(w[c * 4 + l]);
+                }
+            }
+            for p in chunks * 4..k {
+                acc[0] += a[p] * $conv(w[p]);
+            }
+        }};
+    }
+    match b.data {
+        WeightSlice::F32(w) => run!(w, |v: f32| v),
+        WeightSlice::F16(w) => run!(w, |v: half::f16| v.to_f32()),
+        WeightSlice::BF16(w) => run!(w, |v: half::bf16| v.to_f32()),
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
+}
+
+/// Scalar GEMM (see [`super::gemm`] for the contract).
+pub fn gemm(g: Gemm<'_, '_>) {
+    let Gemm { m, a, lda, b, c, ldc, epilogue } = g;
+    let (k, n) = (b.k, b.n);
+    match b.layout {
+        BLayout::NK => {
+            for i in 0..m {
+                let arow = &a[i * lda..i * lda + k];
+                for j in 0..n {
+                    let v = dot_nk(arow, &b, j);
+                    finish(v, j, &epilogue, &mut c[i * ldc + j]);
+                }
+            }
+        }
+        BLayout::KN => {
+            let mut row = [0.0f32; 64];
+            for i in 0..m {
+                let arow = &a[i * lda..i * lda + k];
+                let mut j0 = 0;
+                while j0 < n {
+                    let nb = (n - j0).min(64);
+                    row[..nb].iter_mut().for_each(|v| *v = 0.0);
+                    for (p, &ap) in arow.iter().enumerate() {
+                        for (jj, r) in row[..nb].iter_mut().enumerate() {
+                            *r += ap * b.data.get(p * b.ld + j0 + jj);
+                        }
+                    }
+                    for jj in 0..nb {
+                        finish(row[jj], j0 + jj, &epilogue, &mut c[i * ldc + j0 + jj]);
+                    }
+                    j0 += nb;
+                }
+            }
+        }
+    }
+}
+
+/// Scalar sparse add (see [`super::sparse_add`]).
+#[allow(clippy::too_many_arguments)]
+pub fn sparse_add(
+    tokens: usize,
+    row_ptr: &[u32],
+    col_idx: SparseIndices<'_>,
+    values: WeightSlice<'_>,
+    x: &[f32],
+    ldx: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    let rows = row_ptr.len().saturating_sub(1);
+    for t in 0..tokens {
+        let xr = &x[t * ldx..];
+        let yr = &mut y[t * ldy..t * ldy + rows];
+        for (j, yv) in yr.iter_mut().enumerate() {
+            let (s, e) = (row_ptr[j] as usize, row_ptr[j + 1] as usize);
+            let mut acc = 0.0f32;
+            for q in s..e {
+                acc += values.get(q) * xr[col_idx.get(q)];
+            }
+            *yv += acc;
+        }
+    }
+}
+
+/// Scalar LayerNorm (see [`super::layer_norm`]).
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm(
+    rows: usize,
+    dim: usize,
+    x: &[f32],
+    ldx: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    for r in 0..rows {
+        let xr = &x[r * ldx..r * ldx + dim];
+        let mean = xr.iter().sum::<f32>() / dim as f32;
+        let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+        let inv = 1.0 / libm::sqrtf(var + eps);
+        let or = &mut out[r * ldo..r * ldo + dim];
+        for i in 0..dim {
+            or[i] = (xr[i] - mean) * inv * gamma[i] + beta[i];
+        }
+    }
+}
+
+/// Scalar softmax (see [`super::softmax_rows`]).
+pub fn softmax_rows(rows: usize, cols: usize, x: &mut [f32], ld: usize, scale: f32) {
+    for r in 0..rows {
+        let row = &mut x[r * ld..r * ld + cols];
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mut sum = 0.0f32;
+        for v in row.iter_mut() {
+            *v = exp((*v - max) * scale);
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// Scalar GELU (see [`super::gelu`]).
+pub fn gelu(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = gelu_one(*v));
+}
+
+/// Scalar scaled add (see [`super::add_scaled`]).
+pub fn add_scaled(y: &mut [f32], x: &[f32], scale: Option<&[f32]>) {
+    match scale {
+        Some(s) => {
+            let d = s.len();
+            for (i, (yv, xv)) in y.iter_mut().zip(x).enumerate() {
+                *yv += s[i % d] * xv;
+            }
+        }
+        None => y.iter_mut().zip(x).for_each(|(yv, xv)| *yv += xv),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_accurate() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            let got = exp(x) as f64;
+            assert!(((got - want) / want).abs() < 3e-7, "exp({x}) = {got}, want {want}");
+            x += 0.0137;
+        }
+    }
+
+    #[test]
+    fn erf_is_accurate() {
+        // Reference values of erf from the defining series (converges fast for |x| < 4).
+        fn erf_ref(x: f64) -> f64 {
+            let mut sum = 0.0f64;
+            let mut term = x;
+            let mut n = 0.0;
+            while term.abs() > 1e-17 * sum.abs().max(1e-300) || n < 3.0 {
+                sum += term / (2.0 * n + 1.0);
+                n += 1.0;
+                term *= -x * x / n;
+                if n > 200.0 {
+                    break;
+                }
+            }
+            sum * 2.0 / core::f64::consts::PI.sqrt()
+        }
+        let mut x = -3.5f32;
+        while x < 3.5 {
+            // A&S 7.1.26 is accurate to 1.5e-7 in exact arithmetic; evaluating `1 - poly·e^(-x²)`
+            // in f32 near x = 0 cancels to ~5e-7 absolute. GELU multiplies that by x/2, so its
+            // absolute error stays below 1e-7 there.
+            let err = (erf(x) as f64 - erf_ref(x as f64)).abs();
+            assert!(err < 6e-7, "erf({x}) error {err}");
+            let g_ref = 0.5 * x as f64 * (1.0 + erf_ref(x as f64 / core::f64::consts::SQRT_2));
+            let g_err = (gelu_one(x) as f64 - g_ref).abs();
+            assert!(g_err < 4e-7 * (1.0 + (x as f64).abs()), "gelu({x}) error {g_err}");
+            x += 0.01;
+        }
+        assert_eq!(erf(10.0), 1.0);
+        assert_eq!(erf(-10.0), -1.0);
+    }
+}
