@@ -12,10 +12,18 @@
 
 extern crate alloc;
 
+pub mod config;
 pub mod error;
 pub mod json;
 pub mod kernels;
+pub mod model;
 pub mod parallel;
+pub mod resample;
 pub mod safetensors;
+pub mod session;
+mod storage;
 
+pub use config::{GlobalPool, Head, Interpolation, ModelConfig, PosInterpolation, Preprocess};
 pub use error::{Error, Result};
+pub use model::{BlockLinear, CsrMatrix, Linear, LinearInfo, LinearKind, LinearWeights, Model};
+pub use session::{MemoryReport, NoObserver, Observer, Outputs, Session, SessionOptions};

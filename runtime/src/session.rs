@@ -1,0 +1,709 @@
+//! Inference sessions: every activation buffer preallocated once, then any number of runs
+//! without heap allocation.
+
+use alloc::format;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::config::{GlobalPool, Head, PosInterpolation};
+use crate::error::{Error, Result};
+use crate::kernels::{self, Backend, Epilogue, Gemm, MatB, Scratch, WeightSlice};
+use crate::model::{BlockLinear, Linear, LinearRepr, Model, Norm};
+use crate::parallel::{split_range, Exec};
+use crate::resample;
+
+/// Upper bound on threads per session (work descriptors live on the stack).
+pub const MAX_THREADS: usize = 64;
+
+/// Query rows per attention work item. Fixed (independent of the thread count) so that the
+/// decomposition, and therefore every result bit, is the same for any number of threads.
+const ATTN_QUERY_CHUNK: usize = 16;
+
+/// How to build a [`Session`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Worker threads (1 = run on the calling thread; 0 = one per core). Ignored without `std`.
+    pub threads: usize,
+    /// Largest batch a run accepts.
+    pub batch: usize,
+    /// Input `[H, W]`; `[0, 0]` means the model's trained size.
+    pub image_size: [usize; 2],
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { threads: 1, batch: 1, image_size: [0, 0] }
+    }
+}
+
+/// Hooks called during a forward pass with intermediate activations (row-major, one row per
+/// token, `batch × tokens` rows). Used for fixture checks and by the compressor to collect
+/// layer-input statistics. All methods default to doing nothing.
+pub trait Observer {
+    /// After the embeddings (patches + prefix tokens + positions), before block 0.
+    fn embeddings(&mut self, x: &[f32], rows: usize, dim: usize) {
+        let _ = (x, rows, dim);
+    }
+    /// The input of a block linear layer, just before it is applied.
+    fn linear_input(&mut self, block: usize, which: BlockLinear, x: &[f32], rows: usize, cols: usize) {
+        let _ = (block, which, x, rows, cols);
+    }
+    /// The residual stream after a block.
+    fn block_output(&mut self, block: usize, x: &[f32], rows: usize, dim: usize) {
+        let _ = (block, x, rows, dim);
+    }
+}
+
+/// An observer that does nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoObserver;
+impl Observer for NoObserver {}
+
+/// The results of a run, borrowed from the session's buffers.
+#[derive(Debug)]
+pub struct Outputs<'s> {
+    /// `[batch, num_classes]` for classifiers.
+    pub logits: Option<&'s [f32]>,
+    /// `[batch, tokens, dim]`: the token features after the final norm.
+    pub last_hidden_state: &'s [f32],
+    /// `[batch, dim]`: the pooled feature (class token or mean of patch tokens, then `fc_norm`).
+    pub pooler_output: &'s [f32],
+    /// Images in this run.
+    pub batch: usize,
+    /// Tokens per image.
+    pub tokens: usize,
+    /// Embedding width.
+    pub dim: usize,
+    /// Classifier outputs (0 for backbones).
+    pub num_classes: usize,
+}
+
+/// Memory figures of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Bytes of weights the model holds (file-backed or copied); all of them are read once per
+    /// inference.
+    pub weight_bytes: usize,
+    /// Bytes of weights copied into RAM at load (misaligned tensors, in-memory edits).
+    pub copied_weight_bytes: usize,
+    /// Bytes of the session's preallocated activation and scratch buffers.
+    pub arena_bytes: usize,
+}
+
+/// A reusable inference context for one model, input size, batch limit and thread count.
+pub struct Session<'m, 'a> {
+    model: &'m Model<'a>,
+    exec: Exec,
+    backend: Backend,
+    max_batch: usize,
+    batch: usize,
+    image: [usize; 2],
+    grid: [usize; 2],
+    tokens: usize,
+    /// Position rows for this grid: `pos_embed_prefix + gh·gw` rows of `dim`.
+    pos: Vec<f32>,
+    patches: Vec<f32>,
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    hidden: Vec<f32>,
+    low_rank: Vec<f32>,
+    lin_out: Vec<f32>,
+    xt: Vec<f32>,
+    last_hidden: Vec<f32>,
+    pooled: Vec<f32>,
+    logits: Vec<f32>,
+    logits_dist: Vec<f32>,
+    scratch: Vec<Scratch>,
+    scores: Vec<Vec<f32>>,
+}
+
+impl core::fmt::Debug for Session<'_, '_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Session")
+            .field("threads", &self.exec.threads())
+            .field("backend", &self.backend)
+            .field("max_batch", &self.max_batch)
+            .field("image", &self.image)
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Model<'a> {
+    /// Creates a session (allocates every buffer a run needs).
+    pub fn session(&self, options: SessionOptions) -> Result<Session<'_, 'a>> {
+        Session::new(self, options)
+    }
+}
+
+/// Sizes of the largest linear layer operands, for buffer allocation.
+struct LinearExtents {
+    max_rank: usize,
+    max_out: usize,
+    max_sparse_in: usize,
+}
+
+fn extents<'l>(layers: impl Iterator<Item = &'l Linear>) -> LinearExtents {
+    let mut e = LinearExtents { max_rank: 0, max_out: 0, max_sparse_in: 0 };
+    for l in layers {
+        e.max_out = e.max_out.max(l.out_features);
+        if let LinearRepr::Factored { rank, sparse, .. } = &l.repr {
+            e.max_rank = e.max_rank.max(*rank);
+            if sparse.is_some() {
+                e.max_sparse_in = e.max_sparse_in.max(l.in_features);
+            }
+        }
+    }
+    e
+}
+
+fn zeroed(len: usize, what: &'static str) -> Result<Vec<f32>> {
+    // Sizes were bounded by config validation; this guards 32-bit targets and absurd batches.
+    if len.checked_mul(4).is_none() {
+        return Err(Error::Overflow(what));
+    }
+    Ok(vec![0.0; len])
+}
+
+impl<'m, 'a> Session<'m, 'a> {
+    /// See [`Model::session`].
+    pub fn new(model: &'m Model<'a>, options: SessionOptions) -> Result<Session<'m, 'a>> {
+        let c = &model.config;
+        let [h, w] = if options.image_size == [0, 0] { c.image_size } else { options.image_size };
+        let p = c.patch_size;
+        if h < p || w < p {
+            return Err(Error::Input(format!("input {h}×{w} is smaller than one {p}×{p} patch")));
+        }
+        if h > 8192 || w > 8192 {
+            return Err(Error::Input(format!("input {h}×{w} is larger than 8192×8192")));
+        }
+        if options.batch == 0 || options.batch > 4096 {
+            return Err(Error::Input(format!("batch {} must be in 1..=4096", options.batch)));
+        }
+        let batch = options.batch;
+        let grid = [h / p, w / p];
+        let tokens = c.num_prefix_tokens() + grid[0] * grid[1];
+        let rows = batch.checked_mul(tokens).ok_or(Error::Overflow("session rows"))?;
+        let d = c.embed_dim;
+        let mul = |a: usize, b: usize, what| a.checked_mul(b).ok_or(Error::Overflow(what));
+
+        let pos = session_positions(model, grid);
+        let all_linears = model.linears().chain(core::iter::once(&model.patch_embed));
+        let ext = extents(all_linears);
+        let exec = Exec::new(options.threads.min(MAX_THREADS));
+        let backend = Backend::detect();
+        let threads = exec.threads();
+        let scratch = (0..threads).map(|_| Scratch::new(backend)).collect();
+        let scores = (0..threads).map(|_| vec![0.0f32; ATTN_QUERY_CHUNK * tokens]).collect();
+        let num_classes = c.num_classes;
+        Ok(Session {
+            model,
+            backend,
+            max_batch: batch,
+            batch,
+            image: [h, w],
+            grid,
+            tokens,
+            pos,
+            patches: zeroed(mul(batch * grid[0] * grid[1], model.patch_embed.in_features, "patch buffer")?, "patch buffer")?,
+            x: zeroed(mul(rows, d, "residual buffer")?, "residual buffer")?,
+            xn: zeroed(rows * d, "norm buffer")?,
+            qkv: zeroed(mul(rows, 3 * d, "qkv buffer")?, "qkv buffer")?,
+            ctx: zeroed(rows * d, "attention buffer")?,
+            hidden: zeroed(mul(rows, c.mlp_hidden, "mlp buffer")?, "mlp buffer")?,
+            low_rank: zeroed(mul(rows, ext.max_rank, "low-rank buffer")?, "low-rank buffer")?,
+            lin_out: if ext.max_sparse_in > 0 { zeroed(mul(rows, ext.max_out, "sparse buffer")?, "sparse buffer")? } else { Vec::new() },
+            xt: zeroed(mul(rows, ext.max_sparse_in, "sparse buffer")?, "sparse buffer")?,
+            last_hidden: if c.final_norm { zeroed(rows * d, "output buffer")? } else { Vec::new() },
+            pooled: zeroed(batch * d, "output buffer")?,
+            logits: zeroed(batch * num_classes, "output buffer")?,
+            logits_dist: if c.head == Head::Distilled { zeroed(batch * num_classes, "output buffer")? } else { Vec::new() },
+            scratch,
+            scores,
+            exec,
+        })
+    }
+
+    /// Threads this session uses.
+    pub fn threads(&self) -> usize {
+        self.exec.threads()
+    }
+
+    /// Kernel family in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Forces a kernel backend (tests and benchmarks compare backends end to end). Returns an
+    /// error if the CPU does not support it.
+    pub fn set_backend(&mut self, backend: Backend) -> Result<()> {
+        if !Backend::available().contains(&backend) {
+            return Err(Error::Input(format!("backend {} is not available on this CPU", backend.name())));
+        }
+        self.backend = backend;
+        self.scratch.iter_mut().for_each(|s| *s = Scratch::new(backend));
+        Ok(())
+    }
+
+    /// Tokens per image.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// Input `[H, W]` this session takes.
+    pub fn image_size(&self) -> [usize; 2] {
+        self.image
+    }
+
+    /// Largest batch a run accepts.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// The model.
+    pub fn model(&self) -> &'m Model<'a> {
+        self.model
+    }
+
+    /// Memory figures.
+    pub fn memory(&self) -> MemoryReport {
+        let f32s = [
+            &self.pos,
+            &self.patches,
+            &self.x,
+            &self.xn,
+            &self.qkv,
+            &self.ctx,
+            &self.hidden,
+            &self.low_rank,
+            &self.lin_out,
+            &self.xt,
+            &self.last_hidden,
+            &self.pooled,
+            &self.logits,
+            &self.logits_dist,
+        ]
+        .iter()
+        .map(|v| v.capacity())
+        .sum::<usize>()
+            + self.scores.iter().map(Vec::capacity).sum::<usize>();
+        MemoryReport {
+            weight_bytes: self.model.weight_bytes(),
+            copied_weight_bytes: self.model.copied_bytes(),
+            arena_bytes: f32s * 4 + self.scratch.iter().map(Scratch::bytes).sum::<usize>(),
+        }
+    }
+
+    /// Multiply-adds of one inference of one image (linears, patch embedding, attention).
+    pub fn macs_per_image(&self) -> usize {
+        let t = self.tokens;
+        let m = self.model;
+        let c = &m.config;
+        let patches = self.grid[0] * self.grid[1];
+        let mut macs = patches * m.patch_embed.in_features * c.embed_dim;
+        for b in &m.blocks {
+            macs += t * [&b.qkv, &b.proj, &b.fc1, &b.fc2].iter().map(|l| l.info().macs_per_row).sum::<usize>();
+            macs += 2 * t * t * c.embed_dim; // Q·Kᵀ and P·V over all heads
+        }
+        let heads = m.head.iter().chain(m.head_dist.iter()).map(|l| l.info().macs_per_row).sum::<usize>();
+        macs + heads
+    }
+
+    /// Runs the model on `pixel_values` (`[n, C, H, W]`, normalised, `1 ≤ n ≤ max_batch`).
+    pub fn run(&mut self, pixel_values: &[f32]) -> Result<Outputs<'_>> {
+        self.run_observed(pixel_values, &mut NoObserver)
+    }
+
+    /// [`Session::run`] with hooks receiving intermediate activations.
+    pub fn run_observed(&mut self, pixel_values: &[f32], observer: &mut dyn Observer) -> Result<Outputs<'_>> {
+        self.embed(pixel_values)?;
+        observer.embeddings(&self.x[..self.rows() * self.dim()], self.rows(), self.dim());
+        for i in 0..self.model.blocks.len() {
+            self.run_block(i, observer);
+        }
+        Ok(self.finish())
+    }
+
+    fn rows(&self) -> usize {
+        self.batch * self.tokens
+    }
+
+    fn dim(&self) -> usize {
+        self.model.config.embed_dim
+    }
+
+    /// The residual stream `[batch·tokens, dim]` of the current run.
+    pub fn residual(&self) -> &[f32] {
+        &self.x[..self.rows() * self.dim()]
+    }
+
+    /// Mutable residual stream (the compressor feeds blocks inputs from another model).
+    pub fn residual_mut(&mut self) -> &mut [f32] {
+        let n = self.rows() * self.dim();
+        &mut self.x[..n]
+    }
+
+    /// Step 1 of a run: patch embedding, prefix tokens and positions into the residual stream.
+    pub fn embed(&mut self, pixel_values: &[f32]) -> Result<()> {
+        let c = &self.model.config;
+        let [h, w] = self.image;
+        let per_image = c.in_chans * h * w;
+        if pixel_values.is_empty() || pixel_values.len() % per_image != 0 {
+            return Err(Error::Input(format!(
+                "pixel_values has {} values, not a multiple of C·H·W = {}·{}·{} = {per_image}",
+                pixel_values.len(),
+                c.in_chans,
+                h,
+                w
+            )));
+        }
+        let n = pixel_values.len() / per_image;
+        if n > self.max_batch {
+            return Err(Error::Input(format!("batch {n} exceeds the session's maximum {}", self.max_batch)));
+        }
+        self.batch = n;
+        let (p, d, t) = (c.patch_size, c.embed_dim, self.tokens);
+        let [gh, gw] = self.grid;
+        let np = gh * gw;
+        let k = c.in_chans * p * p;
+        // im2col: one row per patch, columns in (channel, ky, kx) order like the conv weight.
+        for b in 0..n {
+            let img = &pixel_values[b * per_image..(b + 1) * per_image];
+            for py in 0..gh {
+                for px in 0..gw {
+                    let row = &mut self.patches[((b * np) + py * gw + px) * k..][..k];
+                    for ch in 0..c.in_chans {
+                        for ky in 0..p {
+                            let src = &img[ch * h * w + (py * p + ky) * w + px * p..][..p];
+                            row[(ch * p + ky) * p..][..p].copy_from_slice(src);
+                        }
+                    }
+                }
+            }
+        }
+        let prefix = c.num_prefix_tokens();
+        let pe = &self.model.patch_embed;
+        let weight = match &pe.repr {
+            LinearRepr::Dense(wt) => self.model.store.weights(wt),
+            LinearRepr::Factored { .. } => unreachable!("patch embedding is always dense"),
+        };
+        for b in 0..n {
+            kernels::gemm_parallel(
+                self.backend,
+                &self.exec,
+                &mut self.scratch,
+                Gemm {
+                    m: np,
+                    a: &self.patches[b * np * k..(b + 1) * np * k],
+                    lda: k,
+                    b: MatB::weight(weight, d, k),
+                    c: &mut self.x[(b * t + prefix) * d..(b + 1) * t * d],
+                    ldc: d,
+                    epilogue: Epilogue { bias: pe.bias.as_deref(), ..Epilogue::default() },
+                },
+            );
+            let xb = &mut self.x[b * t * d..(b + 1) * t * d];
+            if let Some(cls) = &self.model.cls_token {
+                xb[..d].copy_from_slice(cls);
+            }
+            if let Some(dist) = &self.model.dist_token {
+                xb[d..2 * d].copy_from_slice(dist);
+            }
+            // Position rows cover the prefix tokens too unless pos_embed_prefix is 0.
+            let skip = prefix - c.pos_embed_prefix;
+            kernels::add_scaled(self.backend, &mut xb[skip * d..], &self.pos, None);
+        }
+        Ok(())
+    }
+
+    /// Step 2 of a run: block `i` on the residual stream.
+    pub fn run_block(&mut self, i: usize, observer: &mut dyn Observer) {
+        let model = self.model;
+        let block = &model.blocks[i];
+        let c = &model.config;
+        let (rows, d) = (self.rows(), c.embed_dim);
+        let backend = self.backend;
+
+        kernels::layer_norm(backend, rows, d, &self.x, d, &block.norm1.weight, &block.norm1.bias, c.layer_norm_eps, &mut self.xn, d);
+        observer.linear_input(i, BlockLinear::Qkv, &self.xn[..rows * d], rows, d);
+        let mut bufs = LinearBuffers { low_rank: &mut self.low_rank, lin_out: &mut self.lin_out, xt: &mut self.xt };
+        apply_linear(
+            model,
+            backend,
+            &self.exec,
+            &mut self.scratch,
+            &block.qkv,
+            rows,
+            &self.xn,
+            &mut self.qkv,
+            Epilogue::default(),
+            &mut bufs,
+        );
+        self.attention();
+        observer.linear_input(i, BlockLinear::Proj, &self.ctx[..rows * d], rows, d);
+        let residual = Epilogue { accumulate: true, scale: block.ls1.as_deref(), ..Epilogue::default() };
+        let mut bufs = LinearBuffers { low_rank: &mut self.low_rank, lin_out: &mut self.lin_out, xt: &mut self.xt };
+        apply_linear(model, backend, &self.exec, &mut self.scratch, &block.proj, rows, &self.ctx, &mut self.x, residual, &mut bufs);
+
+        kernels::layer_norm(backend, rows, d, &self.x, d, &block.norm2.weight, &block.norm2.bias, c.layer_norm_eps, &mut self.xn, d);
+        observer.linear_input(i, BlockLinear::Fc1, &self.xn[..rows * d], rows, d);
+        let gelu = Epilogue { gelu: true, ..Epilogue::default() };
+        apply_linear(model, backend, &self.exec, &mut self.scratch, &block.fc1, rows, &self.xn, &mut self.hidden, gelu, &mut bufs);
+        observer.linear_input(i, BlockLinear::Fc2, &self.hidden[..rows * c.mlp_hidden], rows, c.mlp_hidden);
+        let residual = Epilogue { accumulate: true, scale: block.ls2.as_deref(), ..Epilogue::default() };
+        apply_linear(model, backend, &self.exec, &mut self.scratch, &block.fc2, rows, &self.hidden, &mut self.x, residual, &mut bufs);
+        observer.block_output(i, &self.x[..rows * d], rows, d);
+    }
+
+    /// Multi-head self-attention from `qkv` into `ctx` (heads concatenated, token-major).
+    fn attention(&mut self) {
+        let c = &self.model.config;
+        let (t, d, heads) = (self.tokens, c.embed_dim, c.num_heads);
+        let dh = d / heads;
+        let scale = 1.0 / libm::sqrtf(dh as f32);
+        let chunks_per_image = t.div_ceil(ATTN_QUERY_CHUNK);
+        let items = self.batch * chunks_per_image;
+        let threads = self.exec.threads().min(items).max(1);
+        let backend = self.backend;
+        let qkv = &self.qkv[..];
+
+        // Item `i` covers query rows of one image; item boundaries are monotone in memory, so
+        // each thread's items form one contiguous slice of `ctx`.
+        let item_rows = |i: usize| {
+            let (b, ch) = (i / chunks_per_image, i % chunks_per_image);
+            let start = b * t + ch * ATTN_QUERY_CHUNK;
+            start..(b * t + ((ch + 1) * ATTN_QUERY_CHUNK).min(t))
+        };
+        let mut tasks: [Option<AttnTask<'_>>; MAX_THREADS] = [const { None }; MAX_THREADS];
+        let mut rest = &mut self.ctx[..self.batch * t * d];
+        let mut consumed_rows = 0;
+        for (th, ((task, scratch), scores)) in
+            tasks.iter_mut().zip(self.scratch.iter_mut()).zip(self.scores.iter_mut()).take(threads).enumerate()
+        {
+            let range = split_range(items, threads, 1, th);
+            let end_row = if range.is_empty() { consumed_rows } else { item_rows(range.end - 1).end };
+            let (mine, tail) = core::mem::take(&mut rest).split_at_mut((end_row - consumed_rows) * d);
+            rest = tail;
+            *task = Some(AttnTask { items: range, first_row: consumed_rows, ctx: mine, scratch, scores });
+            consumed_rows = end_row;
+        }
+        self.exec.for_each_mut(&mut tasks[..threads], |_, task| {
+            let Some(task) = task else { return };
+            for item in task.items.clone() {
+                let r = item_rows(item);
+                let b = item / chunks_per_image;
+                let qn = r.len();
+                for hd in 0..heads {
+                    let q = &qkv[r.start * 3 * d + hd * dh..];
+                    let k_off = b * t * 3 * d + d + hd * dh;
+                    let v_off = b * t * 3 * d + 2 * d + hd * dh;
+                    let kmat = &qkv[k_off..k_off + (t - 1) * 3 * d + dh];
+                    let vmat = &qkv[v_off..v_off + (t - 1) * 3 * d + dh];
+                    let scores = &mut task.scores[..qn * t];
+                    kernels::gemm(
+                        backend,
+                        task.scratch,
+                        Gemm {
+                            m: qn,
+                            a: q,
+                            lda: 3 * d,
+                            b: MatB { data: WeightSlice::F32(kmat), k: dh, n: t, layout: kernels::BLayout::NK, ld: 3 * d },
+                            c: scores,
+                            ldc: t,
+                            epilogue: Epilogue::default(),
+                        },
+                    );
+                    kernels::softmax_rows(backend, qn, t, scores, t, scale);
+                    let out = &mut task.ctx[(r.start - task.first_row) * d + hd * dh..];
+                    kernels::gemm(
+                        backend,
+                        task.scratch,
+                        Gemm {
+                            m: qn,
+                            a: scores,
+                            lda: t,
+                            b: MatB { data: WeightSlice::F32(vmat), k: t, n: dh, layout: kernels::BLayout::KN, ld: 3 * d },
+                            c: out,
+                            ldc: d,
+                            epilogue: Epilogue::default(),
+                        },
+                    );
+                }
+            }
+        });
+    }
+
+    /// Step 3 of a run: final norm, pooling and heads.
+    pub fn finish(&mut self) -> Outputs<'_> {
+        let model = self.model;
+        let c = &model.config;
+        let (n, t, d, k) = (self.batch, self.tokens, c.embed_dim, c.num_classes);
+        let rows = n * t;
+        let backend = self.backend;
+        if let Some(norm) = &model.norm {
+            kernels::layer_norm(backend, rows, d, &self.x, d, &norm.weight, &norm.bias, c.layer_norm_eps, &mut self.last_hidden, d);
+        }
+        let hidden: &[f32] = if model.norm.is_some() { &self.last_hidden[..rows * d] } else { &self.x[..rows * d] };
+        let prefix = c.num_prefix_tokens();
+        for b in 0..n {
+            let pooled = &mut self.pooled[b * d..(b + 1) * d];
+            match c.global_pool {
+                GlobalPool::Token => pooled.copy_from_slice(&hidden[b * t * d..b * t * d + d]),
+                GlobalPool::Avg => {
+                    pooled.iter_mut().for_each(|v| *v = 0.0);
+                    for tok in prefix..t {
+                        kernels::add_scaled(backend, pooled, &hidden[(b * t + tok) * d..(b * t + tok + 1) * d], None);
+                    }
+                    let inv = 1.0 / (t - prefix).max(1) as f32;
+                    pooled.iter_mut().for_each(|v| *v *= inv);
+                }
+            }
+        }
+        if let Some(Norm { weight, bias }) = &model.fc_norm {
+            // In place through a copy-free trick: normalise row by row into `xn` then copy back.
+            kernels::layer_norm(backend, n, d, &self.pooled, d, weight, bias, c.layer_norm_eps, &mut self.xn, d);
+            self.pooled[..n * d].copy_from_slice(&self.xn[..n * d]);
+        }
+        let mut bufs = LinearBuffers { low_rank: &mut self.low_rank, lin_out: &mut self.lin_out, xt: &mut self.xt };
+        match c.head {
+            Head::None => {}
+            Head::Linear => {
+                let head = model.head.as_ref().expect("validated: linear head present");
+                apply_linear_strided(model, backend, &self.exec, &mut self.scratch, head, n, &self.pooled, d, &mut self.logits, Epilogue::default(), &mut bufs);
+            }
+            Head::Distilled => {
+                let head = model.head.as_ref().expect("validated: head present");
+                let head_dist = model.head_dist.as_ref().expect("validated: head_dist present");
+                // Rows are token 0 (class) and token 1 (distillation) of each image: stride t·d.
+                apply_linear_strided(model, backend, &self.exec, &mut self.scratch, head, n, hidden, t * d, &mut self.logits, Epilogue::default(), &mut bufs);
+                apply_linear_strided(model, backend, &self.exec, &mut self.scratch, head_dist, n, &hidden[d..], t * d, &mut self.logits_dist, Epilogue::default(), &mut bufs);
+                for (a, b) in self.logits[..n * k].iter_mut().zip(&self.logits_dist[..n * k]) {
+                    *a = (*a + *b) * 0.5;
+                }
+            }
+        }
+        Outputs {
+            logits: if c.head == Head::None { None } else { Some(&self.logits[..n * k]) },
+            last_hidden_state: hidden,
+            pooler_output: &self.pooled[..n * d],
+            batch: n,
+            tokens: t,
+            dim: d,
+            num_classes: k,
+        }
+    }
+}
+
+/// The work of one thread in [`Session::attention`].
+struct AttnTask<'s> {
+    items: core::ops::Range<usize>,
+    first_row: usize,
+    ctx: &'s mut [f32],
+    scratch: &'s mut Scratch,
+    scores: &'s mut Vec<f32>,
+}
+
+/// Temporary buffers a factored or sparse linear layer needs.
+struct LinearBuffers<'b> {
+    low_rank: &'b mut [f32],
+    lin_out: &'b mut [f32],
+    xt: &'b mut [f32],
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_linear(
+    model: &Model<'_>,
+    backend: Backend,
+    exec: &Exec,
+    scratch: &mut [Scratch],
+    layer: &Linear,
+    rows: usize,
+    input: &[f32],
+    out: &mut [f32],
+    epilogue: Epilogue<'_>,
+    bufs: &mut LinearBuffers<'_>,
+) {
+    apply_linear_strided(model, backend, exec, scratch, layer, rows, input, layer.in_features, out, epilogue, bufs);
+}
+
+/// `out (ld m) ⊕= epilogue(input (ld lda) · Ŵᵀ + b)` for any representation of `Ŵ`.
+#[allow(clippy::too_many_arguments)]
+fn apply_linear_strided(
+    model: &Model<'_>,
+    backend: Backend,
+    exec: &Exec,
+    scratch: &mut [Scratch],
+    layer: &Linear,
+    rows: usize,
+    input: &[f32],
+    lda: usize,
+    out: &mut [f32],
+    epilogue: Epilogue<'_>,
+    bufs: &mut LinearBuffers<'_>,
+) {
+    let (m, n) = (layer.out_features, layer.in_features);
+    let bias = layer.bias.as_deref();
+    match &layer.repr {
+        LinearRepr::Dense(w) => {
+            let ep = Epilogue { bias, ..epilogue };
+            let b = MatB::weight(model.store.weights(w), m, n);
+            kernels::gemm_parallel(backend, exec, scratch, Gemm { m: rows, a: input, lda, b, c: out, ldc: m, epilogue: ep });
+        }
+        LinearRepr::Factored { u, v, rank, sparse } => {
+            let r = *rank;
+            let tmp = &mut bufs.low_rank[..rows * r];
+            let vb = MatB::weight(model.store.weights(v), r, n);
+            kernels::gemm_parallel(backend, exec, scratch, Gemm { m: rows, a: input, lda, b: vb, c: tmp, ldc: r, epilogue: Epilogue::default() });
+            let ub = MatB::weight(model.store.weights(u), m, r);
+            match sparse {
+                None => {
+                    let ep = Epilogue { bias, ..epilogue };
+                    kernels::gemm_parallel(backend, exec, scratch, Gemm { m: rows, a: tmp, lda: r, b: ub, c: out, ldc: m, epilogue: ep });
+                }
+                Some(s) => {
+                    // y = (x·Vᵀ)·Uᵀ + b, then y += x·Sᵀ, then the activation / residual add.
+                    let plain = !epilogue.gelu && !epilogue.accumulate;
+                    let (row_ptr, col_idx, values) =
+                        (model.store.u32s(&s.row_ptr), model.store.indices(&s.col_idx), model.store.weights(&s.values));
+                    let y: &mut [f32] = if plain { out } else { &mut bufs.lin_out[..rows * m] };
+                    let ep = Epilogue { bias, ..Epilogue::default() };
+                    kernels::gemm_parallel(backend, exec, scratch, Gemm { m: rows, a: tmp, lda: r, b: ub, c: y, ldc: m, epilogue: ep });
+                    kernels::sparse_add(backend, rows, row_ptr, col_idx, values, input, lda, y, m, bufs.xt);
+                    if !plain {
+                        let y = &mut bufs.lin_out[..rows * m];
+                        if epilogue.gelu {
+                            kernels::gelu(backend, y);
+                        }
+                        if epilogue.accumulate {
+                            kernels::add_scaled(backend, &mut out[..rows * m], y, epilogue.scale);
+                        } else {
+                            out[..rows * m].copy_from_slice(y);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The position rows for a patch grid: the stored table, or its patch part resampled.
+fn session_positions(model: &Model<'_>, grid: [usize; 2]) -> Vec<f32> {
+    let c = &model.config;
+    let d = c.embed_dim;
+    let prefix = c.pos_embed_prefix;
+    if grid == c.pos_embed_grid {
+        return model.pos_embed.clone();
+    }
+    let [gh, gw] = c.pos_embed_grid;
+    let patch_rows = &model.pos_embed[prefix * d..];
+    let resampled = match c.pos_interpolation {
+        PosInterpolation::Bicubic => resample::bicubic(patch_rows, gh, gw, d, grid[0], grid[1]),
+        PosInterpolation::BicubicAntialias => resample::bicubic_antialias(patch_rows, gh, gw, d, grid[0], grid[1]),
+    };
+    let mut pos = Vec::with_capacity((prefix + grid[0] * grid[1]) * d);
+    pos.extend_from_slice(&model.pos_embed[..prefix * d]);
+    pos.extend_from_slice(&resampled);
+    pos
+}
