@@ -1,1 +1,7 @@
-fn main() {}
+//! The `factorvit` command-line tool. See `factorvit --help`.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -1,0 +1,523 @@
+//! [`ModelSpec`]: a model in factorvit's canonical form, and its validation against
+//! `docs/FORMAT.md` (the same rules the runtime applies when it loads a file).
+
+use std::collections::BTreeMap;
+
+use factorvit::json::{self, Value};
+use factorvit::safetensors::DType;
+use factorvit::{Head, ModelConfig, Preprocess};
+
+use super::tensor::{is_float_dtype, StoredTensor};
+
+/// A model in canonical form: configuration, input pipeline, labels and tensors named as in
+/// `docs/FORMAT.md`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// Architecture.
+    pub config: ModelConfig,
+    /// Input pipeline.
+    pub preprocess: Preprocess,
+    /// Class names (`[]`, or `config.num_classes` entries).
+    pub labels: Vec<String>,
+    /// Where the weights came from (free text, stored under the `source` metadata key).
+    pub source: String,
+    /// Tensors by canonical name.
+    pub tensors: BTreeMap<String, StoredTensor>,
+    /// Extra metadata entries written verbatim (e.g. `compression`, a JSON text). Must not use
+    /// the reserved keys (`format`, `format_version`, `config`, `preprocess`, `labels`,
+    /// `layers`, `producer`, `source`).
+    pub metadata: BTreeMap<String, String>,
+    /// Notes from the import that a user should see (e.g. ignored tensors, assumed defaults).
+    pub warnings: Vec<String>,
+}
+
+/// Metadata keys the writer fills itself.
+pub const RESERVED_METADATA_KEYS: [&str; 8] =
+    ["format", "format_version", "config", "preprocess", "labels", "layers", "producer", "source"];
+
+/// Why a [`ModelSpec`] (or a tensor) does not satisfy the file format.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SpecError {
+    /// The configuration is invalid (as the runtime would reject it).
+    Config(String),
+    /// The preprocessing description is invalid or disagrees with the configuration.
+    Preprocess(String),
+    /// The label list has the wrong length.
+    Labels {
+        /// Labels present.
+        found: usize,
+        /// Classes of the model.
+        expected: usize,
+    },
+    /// A tensor the configuration requires is absent.
+    MissingTensor(String),
+    /// A tensor that has no place in the format for this configuration.
+    UnexpectedTensor(String),
+    /// A tensor has the wrong shape.
+    Shape {
+        /// Tensor name.
+        tensor: String,
+        /// Its shape.
+        found: Vec<usize>,
+        /// The shape the configuration requires.
+        expected: Vec<usize>,
+    },
+    /// A tensor has a dtype its slot does not accept.
+    Dtype {
+        /// Tensor name.
+        tensor: String,
+        /// Its dtype.
+        found: DType,
+        /// What the slot accepts.
+        expected: &'static str,
+    },
+    /// A tensor's bytes disagree with its shape, or hold values the format forbids.
+    Data {
+        /// Tensor name.
+        tensor: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A linear layer's tensors do not form one valid representation.
+    Layer {
+        /// Layer name.
+        layer: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A sparse term violates the CSR invariants.
+    Sparse {
+        /// Layer name.
+        layer: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An extra metadata entry is not allowed or not valid.
+    Metadata {
+        /// Metadata key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl SpecError {
+    /// Fills in the tensor name of a tensor-level error created without one.
+    pub fn for_tensor(self, name: &str) -> SpecError {
+        match self {
+            SpecError::Dtype { tensor, found, expected } if tensor.is_empty() => {
+                SpecError::Dtype { tensor: name.to_string(), found, expected }
+            }
+            SpecError::Data { tensor, reason } if tensor.is_empty() => {
+                SpecError::Data { tensor: name.to_string(), reason }
+            }
+            other => other,
+        }
+    }
+}
+
+impl std::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpecError::Config(m) => write!(f, "invalid model config: {m}"),
+            SpecError::Preprocess(m) => write!(f, "invalid preprocess: {m}"),
+            SpecError::Labels { found, expected } => {
+                write!(f, "{found} labels for {expected} classes (labels must be empty or one per class)")
+            }
+            SpecError::MissingTensor(t) => write!(f, "missing tensor `{t}`"),
+            SpecError::UnexpectedTensor(t) => write!(f, "unexpected tensor `{t}` (not part of this model's layout)"),
+            SpecError::Shape { tensor, found, expected } => {
+                write!(f, "tensor `{tensor}` has shape {found:?}, expected {expected:?}")
+            }
+            SpecError::Dtype { tensor, found, expected } => {
+                write!(f, "tensor `{tensor}` has dtype {}, expected {expected}", found.name())
+            }
+            SpecError::Data { tensor, reason } => write!(f, "tensor `{tensor}`: {reason}"),
+            SpecError::Layer { layer, reason } => write!(f, "linear layer `{layer}`: {reason}"),
+            SpecError::Sparse { layer, reason } => write!(f, "sparse term of `{layer}`: {reason}"),
+            SpecError::Metadata { key, reason } => write!(f, "metadata `{key}`: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+/// How one linear layer is represented (the `layers` metadata table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    /// `L.weight [m, n]`.
+    Dense,
+    /// `L.u [m, r]`, `L.v [r, n]`.
+    LowRank {
+        /// `r`.
+        rank: usize,
+    },
+    /// `L.u`, `L.v` and a CSR sparse term of `nnz` entries.
+    LowRankSparse {
+        /// `r`.
+        rank: usize,
+        /// Stored non-zeros.
+        nnz: usize,
+    },
+}
+
+/// One linear layer of a model: name, geometry and representation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerEntry {
+    /// Layer name (`blocks.3.mlp.fc1`, `head`).
+    pub name: String,
+    /// Outputs `m`.
+    pub out_features: usize,
+    /// Inputs `n`.
+    pub in_features: usize,
+    /// Representation.
+    pub kind: LayerKind,
+    /// A bias `L.bias [m]` is stored.
+    pub bias: bool,
+}
+
+impl LayerEntry {
+    /// The entry of the `layers` metadata table.
+    pub fn to_json(&self) -> Value {
+        match self.kind {
+            LayerKind::Dense => json::object([("kind", Value::from("dense"))]),
+            LayerKind::LowRank { rank } => json::object([("kind", Value::from("low_rank")), ("rank", rank.into())]),
+            LayerKind::LowRankSparse { rank, nnz } => {
+                json::object([("kind", Value::from("low_rank_sparse")), ("rank", rank.into()), ("nnz", nnz.into())])
+            }
+        }
+    }
+}
+
+/// Name and geometry `(name, outputs, inputs)` of every linear layer of `config`, in model
+/// order: the block linears, then `head` and `head_dist` when present.
+pub fn linear_layers(config: &ModelConfig) -> Vec<(String, usize, usize)> {
+    let (d, m) = (config.embed_dim, config.mlp_hidden);
+    let mut out = Vec::with_capacity(config.depth.saturating_mul(4).saturating_add(2));
+    for i in 0..config.depth {
+        out.push((format!("blocks.{i}.attn.qkv"), 3 * d, d));
+        out.push((format!("blocks.{i}.attn.proj"), d, d));
+        out.push((format!("blocks.{i}.mlp.fc1"), m, d));
+        out.push((format!("blocks.{i}.mlp.fc2"), d, m));
+    }
+    match config.head {
+        Head::None => {}
+        Head::Linear => out.push(("head".to_string(), config.num_classes, d)),
+        Head::Distilled => {
+            out.push(("head".to_string(), config.num_classes, d));
+            out.push(("head_dist".to_string(), config.num_classes, d));
+        }
+    }
+    out
+}
+
+/// Name and shape of every tensor `config` requires besides the linear layers' (patch
+/// embedding, tokens, position table, norms, LayerScale), in model order.
+pub fn fixed_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let c = config;
+    let d = c.embed_dim;
+    let grid = c.pos_embed_grid[0].saturating_mul(c.pos_embed_grid[1]);
+    let mut out = vec![
+        ("patch_embed.weight".to_string(), vec![d, c.in_chans, c.patch_size, c.patch_size]),
+        ("patch_embed.bias".to_string(), vec![d]),
+    ];
+    if c.class_token {
+        out.push(("cls_token".to_string(), vec![1, 1, d]));
+    }
+    if c.dist_token {
+        out.push(("dist_token".to_string(), vec![1, 1, d]));
+    }
+    out.push(("pos_embed".to_string(), vec![1, c.pos_embed_prefix.saturating_add(grid), d]));
+    for i in 0..c.depth {
+        for norm in ["norm1", "norm2"] {
+            out.push((format!("blocks.{i}.{norm}.weight"), vec![d]));
+            out.push((format!("blocks.{i}.{norm}.bias"), vec![d]));
+        }
+        if c.layer_scale {
+            out.push((format!("blocks.{i}.ls1"), vec![d]));
+            out.push((format!("blocks.{i}.ls2"), vec![d]));
+        }
+    }
+    for (norm, present) in [("norm", c.final_norm), ("fc_norm", c.fc_norm)] {
+        if present {
+            out.push((format!("{norm}.weight"), vec![d]));
+            out.push((format!("{norm}.bias"), vec![d]));
+        }
+    }
+    out
+}
+
+/// Sort key placing tensors in model order (embeddings, blocks in order, final norms, heads).
+pub fn model_order_key(name: &str) -> (u8, usize, u8, &str) {
+    const BLOCK_PARTS: [&str; 8] =
+        ["norm1.", "attn.qkv.", "attn.proj.", "ls1", "norm2.", "mlp.fc1.", "mlp.fc2.", "ls2"];
+    if let Some(rest) = name.strip_prefix("blocks.") {
+        let (idx, tail) = rest.split_once('.').unwrap_or((rest, ""));
+        if let Ok(i) = idx.parse::<usize>() {
+            let part = BLOCK_PARTS.iter().position(|p| tail.starts_with(p)).unwrap_or(BLOCK_PARTS.len());
+            return (1, i, part as u8, name);
+        }
+    }
+    const FIRST: [&str; 4] = ["patch_embed.", "cls_token", "dist_token", "pos_embed"];
+    if let Some(p) = FIRST.iter().position(|p| name.starts_with(p)) {
+        return (0, 0, p as u8, name);
+    }
+    const LAST: [&str; 4] = ["norm.", "fc_norm.", "head.", "head_dist."];
+    let p = LAST.iter().position(|p| name.starts_with(p)).unwrap_or(LAST.len());
+    (2, 0, p as u8, name)
+}
+
+impl ModelSpec {
+    /// Checks the whole spec against the file format (configuration, preprocessing, labels,
+    /// every tensor's presence, dtype, shape and byte length, linear representations, CSR
+    /// invariants, finite vector tensors, extra metadata) and returns the layer table.
+    pub fn validate(&self) -> Result<Vec<LayerEntry>, SpecError> {
+        let c = &self.config;
+        // Round-trip through the runtime's own parsers: whatever they reject, we reject.
+        let cfg_back = ModelConfig::from_json(&c.to_json()).map_err(|e| SpecError::Config(e.to_string()))?;
+        if &cfg_back != c {
+            return Err(SpecError::Config("does not survive a JSON round trip".to_string()));
+        }
+        let pre =
+            Preprocess::from_json(&self.preprocess.to_json()).map_err(|e| SpecError::Preprocess(e.to_string()))?;
+        if pre.input_size[0] != c.in_chans {
+            return Err(SpecError::Preprocess(format!(
+                "input_size has {} channels but the model takes {}",
+                pre.input_size[0], c.in_chans
+            )));
+        }
+        if !self.labels.is_empty() && self.labels.len() != c.num_classes {
+            return Err(SpecError::Labels { found: self.labels.len(), expected: c.num_classes });
+        }
+        for (key, value) in &self.metadata {
+            if RESERVED_METADATA_KEYS.contains(&key.as_str()) || key == "__metadata__" {
+                return Err(SpecError::Metadata { key: key.clone(), reason: "is reserved for the writer".to_string() });
+            }
+            if key == "compression" && json::parse(value.as_bytes()).is_err() {
+                return Err(SpecError::Metadata { key: key.clone(), reason: "must be a JSON text".to_string() });
+            }
+        }
+        for (name, t) in &self.tensors {
+            t.check_len(name)?;
+        }
+
+        let mut used: Vec<&str> = Vec::with_capacity(self.tensors.len());
+        for (name, shape) in fixed_tensors(c) {
+            let t = self.tensors.get(&name).ok_or_else(|| SpecError::MissingTensor(name.clone()))?;
+            expect_float(&name, t)?;
+            expect_shape(&name, t, &shape)?;
+            if name != "patch_embed.weight" {
+                expect_finite(&name, t)?;
+            }
+            used.push(self.tensors.get_key_value(&name).map(|(k, _)| k.as_str()).unwrap_or_default());
+        }
+        let mut layers = Vec::new();
+        for (name, m, n) in linear_layers(c) {
+            let (entry, names) = self.linear_entry(&name, m, n)?;
+            used.extend(names);
+            layers.push(entry);
+        }
+        used.sort_unstable();
+        if let Some(extra) = self.tensors.keys().find(|k| used.binary_search(&k.as_str()).is_err()) {
+            return Err(SpecError::UnexpectedTensor(extra.clone()));
+        }
+        Ok(layers)
+    }
+
+    /// Validates one linear layer; returns its entry and the tensor names it uses.
+    fn linear_entry(&self, layer: &str, m: usize, n: usize) -> Result<(LayerEntry, Vec<&str>), SpecError> {
+        let key = |suffix: &str| format!("{layer}.{suffix}");
+        let get = |suffix: &str| self.tensors.get_key_value(&key(suffix)).map(|(k, t)| (k.as_str(), t));
+        let bad = |reason: String| SpecError::Layer { layer: layer.to_string(), reason };
+        let mut names = Vec::new();
+        let weight = get("weight");
+        let (u, v) = (get("u"), get("v"));
+        let sparse = [get("sparse.row_ptr"), get("sparse.col_idx"), get("sparse.values")];
+        let kind = match (weight, u, v) {
+            (Some((wn, w)), None, None) => {
+                if sparse.iter().any(Option::is_some) {
+                    return Err(bad("a dense layer cannot carry a sparse term".to_string()));
+                }
+                expect_float(wn, w)?;
+                expect_shape(wn, w, &[m, n])?;
+                names.push(wn);
+                LayerKind::Dense
+            }
+            (None, Some((un, ut)), Some((vn, vt))) => {
+                expect_float(un, ut)?;
+                expect_float(vn, vt)?;
+                let rank = match ut.shape.as_slice() {
+                    [rows, r] if *rows == m && *r >= 1 => *r,
+                    _ => {
+                        return Err(SpecError::Shape {
+                            tensor: un.to_string(),
+                            found: ut.shape.clone(),
+                            expected: vec![m, 0],
+                        })
+                    }
+                };
+                expect_shape(vn, vt, &[rank, n])?;
+                names.extend([un, vn]);
+                match sparse {
+                    [None, None, None] => LayerKind::LowRank { rank },
+                    [Some(rp), Some(ci), Some(vals)] => {
+                        let nnz = check_csr(layer, m, n, rp, ci, vals)?;
+                        names.extend([rp.0, ci.0, vals.0]);
+                        LayerKind::LowRankSparse { rank, nnz }
+                    }
+                    _ => {
+                        return Err(bad(
+                            "a sparse term needs all of `sparse.row_ptr`, `sparse.col_idx` and `sparse.values`"
+                                .to_string(),
+                        ))
+                    }
+                }
+            }
+            (None, None, None) => return Err(SpecError::MissingTensor(key("weight"))),
+            (None, Some(_), None) => return Err(SpecError::MissingTensor(key("v"))),
+            (None, None, Some(_)) => return Err(SpecError::MissingTensor(key("u"))),
+            (Some(_), _, _) => return Err(bad("has both a dense `weight` and low-rank factors".to_string())),
+        };
+        let bias = match get("bias") {
+            Some((bn, b)) => {
+                expect_float(bn, b)?;
+                expect_shape(bn, b, &[m])?;
+                expect_finite(bn, b)?;
+                names.push(bn);
+                true
+            }
+            None => false,
+        };
+        Ok((LayerEntry { name: layer.to_string(), out_features: m, in_features: n, kind, bias }, names))
+    }
+
+    /// The layer table (validates the whole spec).
+    pub fn layers(&self) -> Result<Vec<LayerEntry>, SpecError> {
+        self.validate()
+    }
+
+    /// A float tensor's elements as f32.
+    pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, SpecError> {
+        let t = self.tensors.get(name).ok_or_else(|| SpecError::MissingTensor(name.to_string()))?;
+        t.to_f32().map_err(|e| e.for_tensor(name))
+    }
+
+    /// Converts every float tensor to `dtype` (F32, F16 or BF16), rounding to nearest even.
+    /// All-or-nothing: fails without changing anything when `dtype` is not a float type or a
+    /// finite value would overflow (F16 tops out at 65504).
+    pub fn cast_floats(&mut self, dtype: DType) -> Result<(), SpecError> {
+        if !is_float_dtype(dtype) {
+            return Err(SpecError::Dtype {
+                tensor: "(cast target)".to_string(),
+                found: dtype,
+                expected: "F32, F16 or BF16",
+            });
+        }
+        let mut converted = Vec::new();
+        for (name, t) in &self.tensors {
+            if t.is_float() && t.dtype != dtype {
+                converted.push((name.clone(), t.cast(dtype).map_err(|e| e.for_tensor(name))?));
+            }
+        }
+        for (name, t) in converted {
+            self.tensors.insert(name, t);
+        }
+        Ok(())
+    }
+
+    /// Total number of stored elements over all tensors.
+    pub fn num_elements(&self) -> usize {
+        self.tensors.values().map(|t| t.numel().unwrap_or(0)).fold(0usize, usize::saturating_add)
+    }
+
+    /// Total bytes of tensor data.
+    pub fn num_bytes(&self) -> usize {
+        self.tensors.values().map(|t| t.data.len()).fold(0usize, usize::saturating_add)
+    }
+
+    /// Distinct dtypes of the stored tensors with their element counts, largest first.
+    pub fn dtype_summary(&self) -> Vec<(DType, usize)> {
+        let mut out: Vec<(DType, usize)> = Vec::new();
+        for t in self.tensors.values() {
+            let n = t.numel().unwrap_or(0);
+            match out.iter_mut().find(|(d, _)| *d == t.dtype) {
+                Some((_, count)) => *count = count.saturating_add(n),
+                None => out.push((t.dtype, n)),
+            }
+        }
+        out.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
+        out
+    }
+}
+
+fn expect_float(name: &str, t: &StoredTensor) -> Result<(), SpecError> {
+    if t.is_float() {
+        Ok(())
+    } else {
+        Err(SpecError::Dtype { tensor: name.to_string(), found: t.dtype, expected: "F32, F16 or BF16" })
+    }
+}
+
+fn expect_shape(name: &str, t: &StoredTensor, shape: &[usize]) -> Result<(), SpecError> {
+    if t.shape == shape {
+        Ok(())
+    } else {
+        Err(SpecError::Shape { tensor: name.to_string(), found: t.shape.clone(), expected: shape.to_vec() })
+    }
+}
+
+fn expect_finite(name: &str, t: &StoredTensor) -> Result<(), SpecError> {
+    let values = t.to_f32().map_err(|e| e.for_tensor(name))?;
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(SpecError::Data { tensor: name.to_string(), reason: format!("element {i} is {}", values[i]) }),
+    }
+}
+
+/// Checks the CSR invariants of a sparse term; returns `nnz`.
+fn check_csr(
+    layer: &str,
+    m: usize,
+    n: usize,
+    (rp_name, rp): (&str, &StoredTensor),
+    (ci_name, ci): (&str, &StoredTensor),
+    (val_name, vals): (&str, &StoredTensor),
+) -> Result<usize, SpecError> {
+    let bad = |reason: String| SpecError::Sparse { layer: layer.to_string(), reason };
+    if rp.dtype != DType::U32 {
+        return Err(SpecError::Dtype { tensor: rp_name.to_string(), found: rp.dtype, expected: "U32" });
+    }
+    let rows = m.checked_add(1).ok_or_else(|| bad("too many rows".to_string()))?;
+    expect_shape(rp_name, rp, &[rows])?;
+    match ci.dtype {
+        DType::U32 => {}
+        DType::U16 if n <= 1 << 16 => {}
+        DType::U16 => return Err(bad(format!("U16 column indices need n <= 65536, but n = {n}"))),
+        other => return Err(SpecError::Dtype { tensor: ci_name.to_string(), found: other, expected: "U16 or U32" }),
+    }
+    expect_float(val_name, vals)?;
+    let nnz = match vals.shape.as_slice() {
+        [nnz] => *nnz,
+        _ => {
+            return Err(SpecError::Shape { tensor: val_name.to_string(), found: vals.shape.clone(), expected: vec![0] })
+        }
+    };
+    expect_shape(ci_name, ci, &[nnz])?;
+    let row_ptr = rp.to_u32().unwrap_or_default();
+    if row_ptr.first() != Some(&0) {
+        return Err(bad("row_ptr[0] is not 0".to_string()));
+    }
+    if let Some(j) = row_ptr.windows(2).position(|w| w[0] > w[1]) {
+        return Err(bad(format!("row_ptr decreases at row {j}")));
+    }
+    let last = row_ptr.last().map_or(0, |&x| x as usize);
+    if last != nnz {
+        return Err(bad(format!("row_ptr[m] = {last} but {nnz} values are stored")));
+    }
+    let cols = ci.to_u32().unwrap_or_default();
+    if let Some(q) = cols.iter().position(|&col| col as usize >= n) {
+        return Err(bad(format!("column index {} at position {q} is out of range (n = {n})", cols[q])));
+    }
+    Ok(nnz)
+}

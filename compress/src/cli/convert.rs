@@ -1,0 +1,61 @@
+//! `factorvit convert`: checkpoint directory (or factorvit file) -> factorvit file.
+
+use std::path::PathBuf;
+
+use factorvit_compress::writer;
+
+use super::model::{human_bytes, load_spec, thousands, DtypeArg};
+use super::{CliError, Context, Global};
+
+pub const AFTER_HELP: &str = "\
+Examples:
+  factorvit convert --model ./deit_tiny_patch16_224 -o deit-tiny.fvit
+  factorvit convert --model ./dinov2-small -o dinov2-small-f16.fvit --dtype f16
+  factorvit convert --model big.fvit -o big-bf16.fvit --dtype bf16
+
+The directory is what timm (save_for_hf / hub) or transformers (save_pretrained) writes:
+config.json plus model.safetensors, or shards listed by model.safetensors.index.json.
+The output is validated by the runtime before it is written, and written atomically.
+
+Exit status: 0 success, 1 failure, 2 usage error, 101 internal error.";
+
+/// Arguments of `factorvit convert`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Checkpoint directory (timm hub or transformers layout), or a .fvit file to re-encode
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// Output file (conventionally *.fvit)
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Store every float tensor in this dtype [default: keep the source dtypes]
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+}
+
+pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
+    let mut spec = load_spec(&args.model, global)?;
+    if let Some(d) = args.dtype {
+        spec.cast_floats(d.dtype())
+            .context(|| format!("cannot cast {} to {}", args.model.display(), d.dtype().name()))?;
+    }
+    let bytes = writer::to_bytes(&spec).context(|| format!("cannot convert {}", args.model.display()))?;
+    // Never write a file the runtime would reject.
+    let model = factorvit::Model::from_bytes(&bytes).context(|| {
+        format!("the runtime rejects the converted model (a bug in the converter): {}", args.model.display())
+    })?;
+    let params = model.params();
+    drop(model);
+    writer::write_atomic(&args.output, &bytes).context(|| format!("cannot write {}", args.output.display()))?;
+    let dtypes: Vec<String> = spec.dtype_summary().iter().map(|(d, _)| d.name().to_string()).collect();
+    global.say(&format!(
+        "wrote {}: {} ({} parameters, {}, {}) from {}",
+        args.output.display(),
+        spec.config.architecture,
+        thousands(params),
+        dtypes.join("+"),
+        human_bytes(bytes.len()),
+        spec.source
+    ));
+    Ok(())
+}

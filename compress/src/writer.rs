@@ -1,0 +1,250 @@
+//! Writing factorvit files (`docs/FORMAT.md`): [`to_bytes`] serialises a validated
+//! [`ModelSpec`], [`write_atomic`] puts bytes on disk without ever leaving a partial file, and
+//! [`safetensors_bytes`] is the underlying general safetensors writer (also used for tensor
+//! outputs such as `factorvit infer`'s).
+//!
+//! Layout guarantees: the JSON header is padded with spaces so the data region starts at a
+//! multiple of 8; tensors are stored by decreasing element size (8-, 4-, then 2-byte, then
+//! 1-byte elements), so every tensor starts at a multiple of its element size and the runtime
+//! reads all of them in place; the data region is contiguous (no gaps), as safetensors
+//! requires.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use factorvit::json::{self, Value};
+use factorvit::safetensors::DType;
+
+use crate::checkpoint::{model_order_key, numel_of, ModelSpec, SpecError};
+
+/// Value of the `format` metadata key.
+pub const FORMAT_NAME: &str = "factorvit";
+/// Value of the `format_version` metadata key.
+pub const FORMAT_VERSION: &str = "1";
+/// Value of the `producer` metadata key.
+pub const PRODUCER: &str = concat!("factorvit-compress ", env!("CARGO_PKG_VERSION"));
+
+/// Why a file could not be produced.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The spec violates the format; nothing was written.
+    Invalid(SpecError),
+    /// A tensor handed to [`safetensors_bytes`] is inconsistent.
+    Tensor {
+        /// Tensor name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A size does not fit in memory.
+    TooLarge(&'static str),
+    /// Writing the file failed (no partial file was left behind).
+    Io {
+        /// The output path.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::Invalid(e) => write!(f, "refusing to write an invalid model: {e}"),
+            WriteError::Tensor { name, reason } => write!(f, "tensor `{name}`: {reason}"),
+            WriteError::TooLarge(what) => write!(f, "{what} is too large"),
+            WriteError::Io { path, source } => write!(f, "cannot write {}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for WriteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WriteError::Invalid(e) => Some(e),
+            WriteError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<SpecError> for WriteError {
+    fn from(e: SpecError) -> Self {
+        WriteError::Invalid(e)
+    }
+}
+
+/// A tensor to write: borrowed bytes plus dtype and shape.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorRef<'a> {
+    /// Tensor name (unique, non-empty, not `__metadata__`).
+    pub name: &'a str,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: &'a [usize],
+    /// Little-endian elements, `numel · dtype.size()` bytes.
+    pub data: &'a [u8],
+}
+
+/// Serialises `spec` as a factorvit file after validating it completely
+/// ([`ModelSpec::validate`]): metadata `format`, `format_version`, `config`, `preprocess`,
+/// `labels`, `layers` (derived from the tensors), `producer`, `source` (when non-empty) and the
+/// spec's extra entries (e.g. `compression`).
+pub fn to_bytes(spec: &ModelSpec) -> Result<Vec<u8>, WriteError> {
+    let layers = spec.validate()?;
+    let layer_table = Value::Object(layers.iter().map(|l| (l.name.clone(), l.to_json())).collect());
+    let labels = Value::Array(spec.labels.iter().map(|l| Value::from(l.as_str())).collect());
+    let mut metadata = vec![
+        ("format".to_string(), FORMAT_NAME.to_string()),
+        ("format_version".to_string(), FORMAT_VERSION.to_string()),
+        ("config".to_string(), spec.config.to_json().to_json()),
+        ("preprocess".to_string(), spec.preprocess.to_json().to_json()),
+        ("labels".to_string(), labels.to_json()),
+        ("layers".to_string(), layer_table.to_json()),
+        ("producer".to_string(), PRODUCER.to_string()),
+    ];
+    if !spec.source.is_empty() {
+        metadata.push(("source".to_string(), spec.source.clone()));
+    }
+    metadata.extend(spec.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut tensors: Vec<TensorRef<'_>> = spec
+        .tensors
+        .iter()
+        .map(|(name, t)| TensorRef { name, dtype: t.dtype, shape: &t.shape, data: &t.data })
+        .collect();
+    tensors.sort_by(|a, b| model_order_key(a.name).cmp(&model_order_key(b.name)));
+    safetensors_bytes(&tensors, &metadata)
+}
+
+/// Serialises tensors and string metadata as a safetensors file. Tensors keep the given order
+/// within each element size; larger elements come first so every tensor is aligned.
+pub fn safetensors_bytes(tensors: &[TensorRef<'_>], metadata: &[(String, String)]) -> Result<Vec<u8>, WriteError> {
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(tensors[i].dtype.size()));
+    let mut names: Vec<&str> = tensors.iter().map(|t| t.name).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(WriteError::Tensor { name: w[0].to_string(), reason: "appears twice".to_string() });
+    }
+    let mut header: Vec<(String, Value)> = Vec::with_capacity(tensors.len() + 1);
+    if !metadata.is_empty() {
+        let mut keys: Vec<&str> = metadata.iter().map(|(k, _)| k.as_str()).collect();
+        keys.sort_unstable();
+        if let Some(w) = keys.windows(2).find(|w| w[0] == w[1]) {
+            return Err(WriteError::Tensor {
+                name: "__metadata__".to_string(),
+                reason: format!("key `{}` appears twice", w[0]),
+            });
+        }
+        let meta = metadata.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect();
+        header.push(("__metadata__".to_string(), Value::Object(meta)));
+    }
+    let mut offset = 0usize;
+    for &i in &order {
+        let t = &tensors[i];
+        if t.name.is_empty() || t.name == "__metadata__" {
+            return Err(WriteError::Tensor {
+                name: t.name.to_string(),
+                reason: "is not a valid tensor name".to_string(),
+            });
+        }
+        let expected = numel_of(t.shape).and_then(|n| n.checked_mul(t.dtype.size()));
+        if expected != Some(t.data.len()) {
+            return Err(WriteError::Tensor {
+                name: t.name.to_string(),
+                reason: format!("{} bytes for shape {:?} of {}", t.data.len(), t.shape, t.dtype.name()),
+            });
+        }
+        let end = offset.checked_add(t.data.len()).ok_or(WriteError::TooLarge("data region"))?;
+        // JSON numbers are exact up to 2^53.
+        if end as u64 > 1 << 53 {
+            return Err(WriteError::TooLarge("data region"));
+        }
+        let shape = Value::Array(t.shape.iter().map(|&d| Value::from(d)).collect());
+        let entry = json::object([
+            ("dtype", Value::from(t.dtype.name())),
+            ("shape", shape),
+            ("data_offsets", Value::Array(vec![Value::from(offset), Value::from(end)])),
+        ]);
+        header.push((t.name.to_string(), entry));
+        offset = end;
+    }
+    let mut text = Value::Object(header).to_json().into_bytes();
+    let padded = text.len().checked_next_multiple_of(8).ok_or(WriteError::TooLarge("header"))?;
+    text.resize(padded, b' ');
+    let total =
+        8usize.checked_add(text.len()).and_then(|n| n.checked_add(offset)).ok_or(WriteError::TooLarge("file"))?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(total).map_err(|_| WriteError::TooLarge("file"))?;
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    for &i in &order {
+        out.extend_from_slice(tensors[i].data);
+    }
+    debug_assert_eq!(out.len(), total);
+    Ok(out)
+}
+
+/// Validates, serialises and atomically writes `spec` to `path`; returns the file size.
+pub fn write_model(spec: &ModelSpec, path: &Path) -> Result<usize, WriteError> {
+    let bytes = to_bytes(spec)?;
+    write_atomic(path, &bytes).map_err(|source| WriteError::Io { path: path.to_path_buf(), source })?;
+    Ok(bytes.len())
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory is written,
+/// flushed to disk and renamed over `path`. On any failure the temporary file is removed and
+/// `path` is left as it was (absent or with its previous contents).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic`] with the content produced by `write` (which may fail; the target is then
+/// untouched and the temporary file removed).
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no file name", path.display())))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut tmp_name = file_name.to_os_string();
+    tmp_name.push(format!(".tmp.{}.{n}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    // Removes the temporary file on every exit path that does not complete the rename,
+    // including a panic inside `write`.
+    let mut guard = TempFile { path: &tmp, armed: true };
+    write(&mut file)?;
+    file.flush()?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    guard.armed = false;
+    // Persist the rename itself (best effort: not every platform can open directories).
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// A temporary file deleted on drop unless disarmed.
+struct TempFile<'a> {
+    path: &'a Path,
+    armed: bool,
+}
+
+impl Drop for TempFile<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(self.path);
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The `factorvit` binary: help and exit codes, `convert` and `infer` end to end, and
+//! one-line errors without panics.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+use factorvit::safetensors::{Container, DType};
+use factorvit_compress::checkpoint::{decode_f32, read_safetensors};
+
+fn factorvit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_factorvit")).args(args).output().expect("run factorvit")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Exactly one line on stderr, starting with `error: `, and no panic.
+fn assert_one_error_line(o: &Output) {
+    let err = stderr(o);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("warning: ")).collect();
+    assert_eq!(lines.len(), 1, "stderr: {err}");
+    assert!(lines[0].starts_with("error: "), "stderr: {err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "stderr: {err}");
+}
+
+#[test]
+fn help_documents_commands_and_exit_codes() {
+    let o = factorvit(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for needle in ["convert", "infer", "Exit status", "101"] {
+        assert!(out.contains(needle), "--help lacks {needle}: {out}");
+    }
+    for cmd in ["convert", "infer"] {
+        let o = factorvit(&[cmd, "--help"]);
+        assert_eq!(o.status.code(), Some(0));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("Examples") && out.contains("Exit status"), "{cmd} --help: {out}");
+    }
+    assert_eq!(factorvit(&["--version"]).status.code(), Some(0));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &[][..],
+        &["frobnicate"],
+        &["convert"],
+        &["convert", "--model", "x", "-o", "y", "--dtype", "f8"],
+        &["infer", "--model", "m", "--input", "i", "--output", "o", "--batch-size", "0"],
+        &["infer", "--model", "m", "--input", "i", "--output", "o", "--threads", "lots"],
+    ] {
+        let o = factorvit(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn convert_writes_a_valid_file() {
+    let tmp = TempDir::new("cli-convert");
+    for name in MODEL_FIXTURES {
+        let out = tmp.join(&format!("{name}.fvit"));
+        let o = factorvit(&["convert", "--model", p(&fixture(name)), "-o", p(&out)]);
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("wrote"));
+        let bytes = std::fs::read(&out).unwrap();
+        Container::parse(&bytes).unwrap();
+        factorvit::Model::from_bytes(&bytes).unwrap();
+    }
+    // --dtype converts every float tensor; converting the .fvit again works too.
+    let f16 = tmp.join("f16.fvit");
+    let o = factorvit(&["convert", "--model", p(&fixture("hf-vit-micro")), "-o", p(&f16), "--dtype", "f16", "-q"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "--quiet");
+    let file = read_safetensors(&f16).unwrap();
+    assert!(file.tensors.values().all(|t| t.dtype == DType::F16));
+    let bf16 = tmp.join("bf16.fvit");
+    let o = factorvit(&["convert", "--model", p(&f16), "-o", p(&bf16), "--dtype", "bf16"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(read_safetensors(&bf16).unwrap().tensors.values().all(|t| t.dtype == DType::BF16));
+}
+
+#[test]
+fn convert_failures_are_one_line_and_leave_no_file() {
+    let tmp = TempDir::new("cli-convert-bad");
+    let out = tmp.join("out.fvit");
+    // Not a checkpoint; a missing path; a corrupt checkpoint.
+    let corrupt = copy_fixture("timm-vit-micro");
+    let full = std::fs::read(corrupt.join("model.safetensors")).unwrap();
+    std::fs::write(corrupt.join("model.safetensors"), &full[..full.len() / 2]).unwrap();
+    let missing = tmp.join("missing");
+    for model in [tmp.path(), missing.as_path(), corrupt.path()] {
+        let o = factorvit(&["convert", "--model", p(model), "-o", p(&out)]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert_one_error_line(&o);
+        assert!(!out.exists());
+    }
+    let o = factorvit(&["convert", "--model", p(corrupt.path()), "-o", p(&out)]);
+    assert!(stderr(&o).contains("model.safetensors"), "{}", stderr(&o));
+    // Unwritable output location.
+    let o = factorvit(&["convert", "--model", p(&fixture("timm-vit-micro")), "-o", p(&tmp.join("no/dir/x.fvit"))]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_one_error_line(&o);
+    assert_eq!(tmp.entries(), Vec::<String>::new());
+}
+
+fn read_f32(path: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    read_safetensors(path)
+        .unwrap()
+        .tensors
+        .into_iter()
+        .filter_map(|(n, t)| decode_f32(t.dtype, &t.data).map(|v| (n, (t.shape, v))))
+        .collect()
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// `infer` on a checkpoint directory and on a converted file matches the reference outputs.
+#[test]
+fn infer_matches_the_reference_outputs() {
+    let tmp = TempDir::new("cli-infer");
+    for (name, from_file, batch) in [
+        ("timm-vit-micro", false, "8"),
+        ("timm-deit-distilled-micro", true, "1"),
+        ("timm-vit-avgpool-layerscale-micro", false, "2"),
+        ("hf-vit-micro", true, "8"),
+        ("hf-deit-distilled-micro", false, "8"),
+        ("hf-dinov2-micro", true, "1"),
+    ] {
+        let dir = fixture(name);
+        let model = if from_file {
+            let f = tmp.join(&format!("{name}.fvit"));
+            assert_eq!(factorvit(&["convert", "-q", "--model", p(&dir), "-o", p(&f)]).status.code(), Some(0));
+            f
+        } else {
+            dir.clone()
+        };
+        let out = tmp.join(&format!("{name}.out.safetensors"));
+        let o = factorvit(&[
+            "infer",
+            "--model",
+            p(&model),
+            "--input",
+            p(&dir.join("input.safetensors")),
+            "--output",
+            p(&out),
+            "--threads",
+            "2",
+            "--batch-size",
+            batch,
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
+        let got = read_f32(&out);
+        let want = read_f32(&dir.join("expected.safetensors"));
+        let keys: Vec<&str> =
+            if name.contains("dinov2") { vec!["last_hidden_state", "pooler_output"] } else { vec!["logits"] };
+        assert_eq!(got.keys().map(String::as_str).collect::<Vec<_>>(), {
+            let mut k = keys.clone();
+            k.sort();
+            k
+        });
+        for k in keys {
+            let (gs, gv) = &got[k];
+            let (ws, wv) = &want[k];
+            assert_eq!(gs, ws, "{name}: {k} shape");
+            let d = max_abs(gv, wv);
+            assert!(d <= 1e-4, "{name}: {k} differs by {d}");
+        }
+    }
+}
+
+#[test]
+fn infer_input_errors_exit_1() {
+    let tmp = TempDir::new("cli-infer-bad");
+    let model = fixture("timm-vit-micro");
+    let out = tmp.join("out.safetensors");
+    // No pixel_values tensor.
+    let wrong_name = tmp.join("wrong.safetensors");
+    let mut t = std::collections::BTreeMap::new();
+    t.insert("images".to_string(), f16_tensor(&[1, 3, 32, 32], 1));
+    write_tensors(&wrong_name, &t);
+    // Wrong channel count.
+    let wrong_c = tmp.join("wrong_c.safetensors");
+    let mut t = std::collections::BTreeMap::new();
+    t.insert("pixel_values".to_string(), f16_tensor(&[1, 1, 32, 32], 1));
+    write_tensors(&wrong_c, &t);
+    // Not 4-D.
+    let wrong_rank = tmp.join("wrong_rank.safetensors");
+    let mut t = std::collections::BTreeMap::new();
+    t.insert("pixel_values".to_string(), f16_tensor(&[3, 32, 32], 1));
+    write_tensors(&wrong_rank, &t);
+    let absent = tmp.join("absent.safetensors");
+    for (input, needle) in [
+        (wrong_name.as_path(), "pixel_values"),
+        (wrong_c.as_path(), "channels"),
+        (wrong_rank.as_path(), "[B, C, H, W]"),
+        (absent.as_path(), "absent.safetensors"),
+    ] {
+        let o = factorvit(&["infer", "--model", p(&model), "--input", p(input), "--output", p(&out)]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert_one_error_line(&o);
+        assert!(stderr(&o).contains(needle), "{}", stderr(&o));
+        assert!(!out.exists());
+    }
+}
