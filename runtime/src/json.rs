@@ -68,7 +68,7 @@ impl Value {
     /// The number as a non-negative integer, if it is one exactly and fits in `usize`.
     pub fn as_usize(&self) -> Option<usize> {
         let n = self.as_f64()?;
-        if n >= 0.0 && n.fract() == 0.0 && n <= 9_007_199_254_740_992.0 && n <= usize::MAX as f64 {
+        if n >= 0.0 && libm::trunc(n) == n && n <= 9_007_199_254_740_992.0 && n <= usize::MAX as f64 {
             Some(n as usize)
         } else {
             None
@@ -139,7 +139,7 @@ fn write_number(out: &mut String, n: f64) {
     if !n.is_finite() {
         // JSON has no representation for these; null is what most serialisers emit.
         out.push_str("null");
-    } else if n.fract() == 0.0 && n.abs() < 9.0e15 {
+    } else if libm::trunc(n) == n && n.abs() < 9.0e15 {
         let _ = write!(out, "{}", n as i64);
     } else {
         // `{:?}` prints the shortest representation that round-trips.

@@ -1,7 +1,7 @@
 //! Portable kernels: the reference semantics of every kernel and the path used on targets
 //! without SIMD support (Cortex-M).
 
-use super::{BLayout, Epilogue, Gemm, MatB, SparseIndices, WeightSlice};
+use super::{BLayout, Epilogue, Gemm, MatB, Problem, SparseIndices, WeightSlice};
 
 /// `e^x` for f32, Cephes-style range reduction and a degree-6 polynomial (≤ 2 ulp on the
 /// range used here). Inputs are clamped to [-87.33, 88.37]; below that the result is the
@@ -16,7 +16,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     let bits = ((n as i32 + 127) as u32) << 23;
     y * f32::from_bits(bits)
@@ -68,65 +68,150 @@ fn finish(v: f32, j: usize, ep: &Epilogue<'_>, c: &mut f32) {
     }
 }
 
-fn dot_nk(a: &[f32], b: &MatB<'_>, j: usize) -> f32 {
-    let k = b.k;
-    let base = j * b.ld;
-    let mut acc = [0.0f32; 4];
-    macro_rules! run {
-        ($w:expr, $conv:expr) => {{
-            let w = &$w[base..base + k];
-            let chunks = k / 4;
-            for c in 0..chunks {
-                for l in 0..4 {
-                    acc[l] += a[c * 4 + l] * $conv(w[c * 4 + l]);
-                }
-            }
-            for p in chunks * 4..k {
-                acc[0] += a[p] * $conv(w[p]);
-            }
-        }};
+/// Conversion of a weight element to f32.
+trait Weight: Copy {
+    fn f32(self) -> f32;
+}
+impl Weight for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
     }
-    match b.data {
-        WeightSlice::F32(w) => run!(w, |v: f32| v),
-        WeightSlice::F16(w) => run!(w, |v: half::f16| v.to_f32()),
-        WeightSlice::BF16(w) => run!(w, |v: half::bf16| v.to_f32()),
+}
+impl Weight for half::f16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self.to_f32()
     }
-    (acc[0] + acc[1]) + (acc[2] + acc[3])
+}
+impl Weight for half::bf16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
 }
 
+/// Register tile of the scalar GEMM: 4 × 4 accumulators (16 of the 32 single-precision
+/// registers of a Cortex-M4F/M7, leaving room for 4 + 4 operands).
+const T: usize = 4;
+
 /// Scalar GEMM (see [`super::gemm`] for the contract).
+///
+/// Register-blocked (4 × 4 output tiles, every element summed in order `p = 0..k` with one
+/// multiply-add chain), no packing, no scratch memory.
 pub fn gemm(g: Gemm<'_, '_>) {
-    let Gemm { m, a, lda, b, c, ldc, epilogue } = g;
-    let (k, n) = (b.k, b.n);
-    match b.layout {
+    let mut g = g;
+    let p = Problem::new(&mut g);
+    // SAFETY: `p` was built from `g`, whose exclusive borrow of C lasts for this call.
+    unsafe { gemm_problem(&p) }
+}
+
+/// Scalar GEMM of a validated problem.
+///
+/// # Safety
+/// The invariants of [`Problem`] hold for `p`.
+pub(crate) unsafe fn gemm_problem(p: &Problem<'_>) {
+    match p.b.data {
+        WeightSlice::F32(w) => gemm_typed(p, w),
+        WeightSlice::F16(w) => gemm_typed(p, w),
+        WeightSlice::BF16(w) => gemm_typed(p, w),
+    }
+}
+
+fn gemm_typed<W: Weight>(p: &Problem<'_>, w: &[W]) {
+    let (m, n, k) = (p.m, p.n, p.k);
+    let ep = Epilogue { bias: p.bias, gelu: p.gelu, accumulate: p.accumulate, scale: p.scale };
+    let mut i0 = 0;
+    while i0 < m {
+        let r = T.min(m - i0);
+        let mut j0 = 0;
+        while j0 < n {
+            let c = T.min(n - j0);
+            let acc = if k == 0 {
+                [[0.0; T]; T]
+            } else if r == T && c == T {
+                tile_full(p, w, i0, j0)
+            } else {
+                tile_edge(p, w, i0, j0, r, c)
+            };
+            for (i, acc_row) in acc.iter().enumerate().take(r) {
+                // SAFETY: row `i0 + i < m`, columns `j0..j0 + c ≤ n`: inside the problem's output
+                // rectangle, which the caller gives us exclusively; no other reference to it
+                // exists while this one is alive.
+                let crow = unsafe { core::slice::from_raw_parts_mut(p.c.add((i0 + i) * p.ldc + j0), c) };
+                for (jj, cv) in crow.iter_mut().enumerate() {
+                    finish(acc_row[jj], j0 + jj, &ep, cv);
+                }
+            }
+            j0 += c;
+        }
+        i0 += r;
+    }
+}
+
+/// A full 4 × 4 tile at rows `i0..`, columns `j0..` of the problem.
+#[inline(always)]
+fn tile_full<W: Weight>(p: &Problem<'_>, w: &[W], i0: usize, j0: usize) -> [[f32; T]; T] {
+    let k = p.k;
+    let a: [&[f32]; T] = core::array::from_fn(|i| &p.a[(i0 + i) * p.lda..(i0 + i) * p.lda + k]);
+    let mut acc = [[0.0f32; T]; T];
+    match p.b.layout {
         BLayout::NK => {
-            for i in 0..m {
-                let arow = &a[i * lda..i * lda + k];
-                for j in 0..n {
-                    let v = dot_nk(arow, &b, j);
-                    finish(v, j, &epilogue, &mut c[i * ldc + j]);
+            let ld = p.b.ld;
+            let b: [&[W]; T] = core::array::from_fn(|j| &w[(p.j0 + j0 + j) * ld..(p.j0 + j0 + j) * ld + k]);
+            for q in 0..k {
+                let av = [a[0][q], a[1][q], a[2][q], a[3][q]];
+                let bv = [b[0][q].f32(), b[1][q].f32(), b[2][q].f32(), b[3][q].f32()];
+                for i in 0..T {
+                    for j in 0..T {
+                        acc[i][j] += av[i] * bv[j];
+                    }
                 }
             }
         }
         BLayout::KN => {
-            let mut row = [0.0f32; 64];
-            for i in 0..m {
-                let arow = &a[i * lda..i * lda + k];
-                let mut j0 = 0;
-                while j0 < n {
-                    let nb = (n - j0).min(64);
-                    row[..nb].iter_mut().for_each(|v| *v = 0.0);
-                    for (p, &ap) in arow.iter().enumerate() {
-                        for (jj, r) in row[..nb].iter_mut().enumerate() {
-                            *r += ap * b.data.get(p * b.ld + j0 + jj);
-                        }
+            let ld = p.b.ld;
+            let col = p.j0 + j0;
+            for q in 0..k {
+                let av = [a[0][q], a[1][q], a[2][q], a[3][q]];
+                let row = &w[q * ld + col..q * ld + col + T];
+                let bv = [row[0].f32(), row[1].f32(), row[2].f32(), row[3].f32()];
+                for i in 0..T {
+                    for j in 0..T {
+                        acc[i][j] += av[i] * bv[j];
                     }
-                    for jj in 0..nb {
-                        finish(row[jj], j0 + jj, &epilogue, &mut c[i * ldc + j0 + jj]);
-                    }
-                    j0 += nb;
                 }
             }
+        }
+    }
+    acc
+}
+
+/// An `r × c` edge tile (`r, c ≤ 4`), with the same per-element operation sequence.
+fn tile_edge<W: Weight>(p: &Problem<'_>, w: &[W], i0: usize, j0: usize, r: usize, c: usize) -> [[f32; T]; T] {
+    let mut acc = [[0.0f32; T]; T];
+    for q in 0..p.k {
+        let mut bv = [0.0f32; T];
+        for (j, b) in bv.iter_mut().enumerate().take(c) {
+            *b = p.b.data_at(w, q, p.j0 + j0 + j).f32();
+        }
+        for (i, acc_row) in acc.iter_mut().enumerate().take(r) {
+            let av = p.a[(i0 + i) * p.lda + q];
+            for (a, b) in acc_row.iter_mut().zip(&bv).take(c) {
+                *a += av * b;
+            }
+        }
+    }
+    acc
+}
+
+impl MatB<'_> {
+    /// Element `(p, j)` of the typed storage `w` (the same slice as `self.data`).
+    #[inline(always)]
+    fn data_at<W: Copy>(&self, w: &[W], p: usize, j: usize) -> W {
+        match self.layout {
+            BLayout::NK => w[j * self.ld + p],
+            BLayout::KN => w[p * self.ld + j],
         }
     }
 }

@@ -1,0 +1,957 @@
+//! NEON kernels (aarch64, where Advanced SIMD is baseline).
+//!
+//! The GEMM micro-kernel is 6 × 16: 24 q-register accumulators, 4 for the B row and one
+//! scalar A operand (`fmla v.4s, v.4s, v.s[0]`), 29 of the 32 vector registers. f16 weights are
+//! widened with `fcvtl`/`fcvtl2` through `asm!` (the `vcvt_f32_f16` intrinsic needs the unstable
+//! `f16` type); bf16 is a 16-bit left shift.
+//!
+//! # Safety contract
+//! NEON is part of the aarch64 baseline, so the intrinsics are always available; the
+//! `unsafe fn`s here have only the pointer requirements listed in their `# Safety` sections.
+//! Function bodies are wrapped in one `unsafe` block so that the code builds with compilers on
+//! which every intrinsic is an `unsafe fn`; newer compilers consider some of these blocks
+//! unnecessary, hence `allow(unused_unsafe)`.
+
+#![allow(clippy::needless_range_loop, unused_unsafe)]
+
+use core::arch::aarch64::*;
+use core::arch::asm;
+use core::ptr;
+
+use half::{bf16, f16};
+
+use super::driver::{Arch, Tile, MR, NR};
+use super::{fits, scalar, BLayout, Backend, MatB, Problem, SparseIndices, WeightSlice};
+
+/// Token for the NEON backend (only constructed when [`Backend::detect`] selected it).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Neon {
+    _detected: (),
+}
+
+impl Neon {
+    /// The token, if [`Backend::detect`] selected NEON.
+    pub(crate) fn get() -> Option<Neon> {
+        (Backend::detect() == Backend::Neon).then_some(Neon { _detected: () })
+    }
+}
+
+/// A weight element type that can be loaded as f32.
+trait Elem: Copy {
+    /// Loads 4 consecutive elements as f32.
+    ///
+    /// # Safety
+    /// `p` is valid for 4 reads.
+    unsafe fn load4(p: *const Self) -> float32x4_t;
+    /// Loads 8 consecutive elements as f32.
+    ///
+    /// # Safety
+    /// `p` is valid for 8 reads.
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> (float32x4_t, float32x4_t) {
+        // SAFETY: forwarded contract (8 = 4 + 4 reads).
+        unsafe { (Self::load4(p), Self::load4(p.add(4))) }
+    }
+    /// One element as f32.
+    fn to_f32(self) -> f32;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    unsafe fn load4(p: *const f32) -> float32x4_t {
+        // SAFETY: `p` is valid for 4 reads (contract).
+        unsafe { vld1q_f32(p) }
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+/// Widens 4 IEEE halves to f32 (`fcvtl`, exact).
+#[inline(always)]
+fn cvt_lo(h: uint16x8_t) -> float32x4_t {
+    let out: float32x4_t;
+    // SAFETY: a register-only instruction of baseline aarch64 (FCVTL, half to single precision).
+    unsafe {
+        asm!("fcvtl {o:v}.4s, {i:v}.4h", i = in(vreg) h, o = lateout(vreg) out,
+             options(pure, nomem, nostack, preserves_flags));
+    }
+    out
+}
+
+/// Widens the upper 4 of 8 IEEE halves to f32 (`fcvtl2`, exact).
+#[inline(always)]
+fn cvt_hi(h: uint16x8_t) -> float32x4_t {
+    let out: float32x4_t;
+    // SAFETY: a register-only instruction of baseline aarch64 (FCVTL2, half to single precision).
+    unsafe {
+        asm!("fcvtl2 {o:v}.4s, {i:v}.8h", i = in(vreg) h, o = lateout(vreg) out,
+             options(pure, nomem, nostack, preserves_flags));
+    }
+    out
+}
+
+impl Elem for f16 {
+    #[inline(always)]
+    unsafe fn load4(p: *const f16) -> float32x4_t {
+        // SAFETY: `p` is valid for 4 × 2 bytes (contract); only the low half of the register
+        // is loaded and converted.
+        unsafe { cvt_lo(vcombine_u16(vld1_u16(p.cast()), vdup_n_u16(0))) }
+    }
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> (float32x4_t, float32x4_t) {
+        // SAFETY: `p` is valid for 8 × 2 bytes (contract).
+        let h = unsafe { vld1q_u16(p.cast()) };
+        (cvt_lo(h), cvt_hi(h))
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+impl Elem for bf16 {
+    #[inline(always)]
+    unsafe fn load4(p: *const bf16) -> float32x4_t {
+        // SAFETY: `p` is valid for 4 × 2 bytes (contract).
+        unsafe { vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16(p.cast()))) }
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vector math (same formulas as `scalar::exp` / `scalar::erf`).
+
+#[inline(always)]
+fn exp4(x: float32x4_t) -> float32x4_t {
+    // SAFETY: register-only NEON arithmetic (baseline).
+    unsafe {
+        let x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.336_54)), vdupq_n_f32(88.376_26));
+        let n = vrndmq_f32(vaddq_f32(vmulq_n_f32(x, core::f32::consts::LOG2_E), vdupq_n_f32(0.5)));
+        let r = vfmsq_f32(x, n, vdupq_n_f32(0.693_359_4));
+        let r = vfmsq_f32(r, n, vdupq_n_f32(-2.121_944_4e-4));
+        let mut p = vdupq_n_f32(1.987_569_1e-4);
+        p = vfmaq_f32(vdupq_n_f32(1.398_199_9e-3), p, r);
+        p = vfmaq_f32(vdupq_n_f32(8.333_452e-3), p, r);
+        p = vfmaq_f32(vdupq_n_f32(4.166_579_6e-2), p, r);
+        p = vfmaq_f32(vdupq_n_f32(1.666_666_5e-1), p, r);
+        p = vfmaq_f32(vdupq_n_f32(0.5), p, r);
+        let y = vaddq_f32(vfmaq_f32(r, vmulq_f32(p, r), r), vdupq_n_f32(1.0));
+        let e = vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)));
+        vmulq_f32(y, vreinterpretq_f32_s32(e))
+    }
+}
+
+#[inline(always)]
+fn erf4(x: float32x4_t) -> float32x4_t {
+    // SAFETY: register-only NEON arithmetic (baseline).
+    unsafe {
+        let ax = vabsq_f32(x);
+        let one = vdupq_n_f32(1.0);
+        let t = vdivq_f32(one, vfmaq_f32(one, vdupq_n_f32(0.327_591_1), ax));
+        let mut p = vdupq_n_f32(1.061_405_4);
+        p = vfmaq_f32(vdupq_n_f32(-1.453_152_1), p, t);
+        p = vfmaq_f32(vdupq_n_f32(1.421_413_8), p, t);
+        p = vfmaq_f32(vdupq_n_f32(-0.284_496_74), p, t);
+        p = vfmaq_f32(vdupq_n_f32(0.254_829_6), p, t);
+        p = vmulq_f32(p, t);
+        let e = exp4(vnegq_f32(vmulq_f32(ax, ax)));
+        let y = vfmsq_f32(one, p, e);
+        let sign = vandq_u32(vreinterpretq_u32_f32(x), vdupq_n_u32(0x8000_0000));
+        vreinterpretq_f32_u32(vorrq_u32(vreinterpretq_u32_f32(y), sign))
+    }
+}
+
+#[inline(always)]
+fn gelu4(x: float32x4_t) -> float32x4_t {
+    // SAFETY: register-only NEON arithmetic (baseline).
+    unsafe {
+        let e = erf4(vmulq_n_f32(x, core::f32::consts::FRAC_1_SQRT_2));
+        vmulq_f32(vmulq_n_f32(x, 0.5), vaddq_f32(vdupq_n_f32(1.0), e))
+    }
+}
+
+/// Transposes the 4 × 4 block held in `r` (row `i` in `r[i]`).
+#[inline(always)]
+fn transpose4(r: &[float32x4_t; 4]) -> [float32x4_t; 4] {
+    // SAFETY: register-only NEON permutes (baseline).
+    unsafe {
+        let t0 = vreinterpretq_f64_f32(vtrn1q_f32(r[0], r[1]));
+        let t1 = vreinterpretq_f64_f32(vtrn2q_f32(r[0], r[1]));
+        let t2 = vreinterpretq_f64_f32(vtrn1q_f32(r[2], r[3]));
+        let t3 = vreinterpretq_f64_f32(vtrn2q_f32(r[2], r[3]));
+        [
+            vreinterpretq_f32_f64(vtrn1q_f64(t0, t2)),
+            vreinterpretq_f32_f64(vtrn1q_f64(t1, t3)),
+            vreinterpretq_f32_f64(vtrn2q_f64(t0, t2)),
+            vreinterpretq_f32_f64(vtrn2q_f64(t1, t3)),
+        ]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM: packing, micro-kernel, epilogue.
+
+/// Packs `kc × cols` of an NK-layout B starting at `src` (element `(pc, col)`) into `dst`.
+///
+/// # Safety
+/// Rows `0..cols` of `src` (stride `ld`) are valid for `kc` reads; `dst` for `kc * NR` writes.
+unsafe fn pack_nk<T: Elem>(src: *const T, ld: usize, kc: usize, cols: usize, dst: *mut f32) {
+    let width = if cols > NR / 2 { NR } else { NR / 2 };
+    // SAFETY: reads stay in rows `< cols` and columns `< kc` of `src`; writes in
+    // `dst[p * NR + j]`, `p < kc`, `j < width ≤ NR`.
+    unsafe {
+        let mut g = 0;
+        while g < width {
+            let gcols = cols.saturating_sub(g).min(4);
+            let gdst = dst.add(g);
+            if gcols == 4 {
+                let rows = [src.add(g * ld), src.add((g + 1) * ld), src.add((g + 2) * ld), src.add((g + 3) * ld)];
+                let mut p = 0;
+                while p + 4 <= kc {
+                    let v = [
+                        T::load4(rows[0].add(p)),
+                        T::load4(rows[1].add(p)),
+                        T::load4(rows[2].add(p)),
+                        T::load4(rows[3].add(p)),
+                    ];
+                    let t = transpose4(&v);
+                    for q in 0..4 {
+                        vst1q_f32(gdst.add((p + q) * NR), t[q]);
+                    }
+                    p += 4;
+                }
+                while p < kc {
+                    for r in 0..4 {
+                        *gdst.add(p * NR + r) = (*rows[r].add(p)).to_f32();
+                    }
+                    p += 1;
+                }
+            } else {
+                for p in 0..kc {
+                    for r in 0..4 {
+                        *gdst.add(p * NR + r) = if r < gcols { (*src.add((g + r) * ld + p)).to_f32() } else { 0.0 };
+                    }
+                }
+            }
+            g += 4;
+        }
+    }
+}
+
+/// Packs `kc × cols` of a KN-layout B starting at `src` (element `(pc, col)`) into `dst`.
+///
+/// # Safety
+/// Rows `0..kc` of `src` (stride `ld`) are valid for `cols` reads; `dst` for `kc * NR` writes.
+unsafe fn pack_kn<T: Elem>(src: *const T, ld: usize, kc: usize, cols: usize, dst: *mut f32) {
+    // SAFETY: reads `src[p * ld + j]` for `p < kc`, `j < cols`; writes `dst[p * NR + j]`, `j < NR`.
+    unsafe {
+        if cols == NR {
+            for p in 0..kc {
+                let s = src.add(p * ld);
+                let d = dst.add(p * NR);
+                let (a0, a1) = T::load8(s);
+                let (a2, a3) = T::load8(s.add(8));
+                vst1q_f32(d, a0);
+                vst1q_f32(d.add(4), a1);
+                vst1q_f32(d.add(8), a2);
+                vst1q_f32(d.add(12), a3);
+            }
+        } else {
+            let full = cols / 4 * 4;
+            let width = if cols > NR / 2 { NR } else { NR / 2 };
+            for p in 0..kc {
+                let s = src.add(p * ld);
+                let d = dst.add(p * NR);
+                let mut j = 0;
+                while j < full {
+                    vst1q_f32(d.add(j), T::load4(s.add(j)));
+                    j += 4;
+                }
+                for j in full..width {
+                    *d.add(j) = if j < cols { (*s.add(j)).to_f32() } else { 0.0 };
+                }
+            }
+        }
+    }
+}
+
+/// Stores a full-width tile (`t.cols == 4 * V`) through the epilogue.
+///
+/// # Safety
+/// The pointers of `t` are valid for `R` rows of `4 * V` elements (see [`Tile`]).
+#[inline(always)]
+unsafe fn store_tile<const R: usize, const V: usize>(acc: &[[float32x4_t; V]; R], t: &Tile) {
+    // SAFETY: every access is inside row `i < R`, columns `< 4 V` of the tile's `part`/`c`, or
+    // the first `4 V` entries of `bias`/`scale` (contract).
+    unsafe {
+        for i in 0..R {
+            for v in 0..V {
+                let mut x = acc[i][v];
+                let pp = t.part.add(i * t.ldp + 4 * v);
+                if !t.first {
+                    x = vaddq_f32(x, vld1q_f32(pp));
+                }
+                if !t.last {
+                    vst1q_f32(pp, x);
+                    continue;
+                }
+                if !t.bias.is_null() {
+                    x = vaddq_f32(x, vld1q_f32(t.bias.add(4 * v)));
+                }
+                if t.gelu {
+                    x = gelu4(x);
+                }
+                let cp = t.c.add(i * t.ldc + 4 * v);
+                if t.accumulate {
+                    let c0 = vld1q_f32(cp);
+                    x = if t.scale.is_null() {
+                        vaddq_f32(c0, x)
+                    } else {
+                        vfmaq_f32(c0, vld1q_f32(t.scale.add(4 * v)), x)
+                    };
+                }
+                vst1q_f32(cp, x);
+            }
+        }
+    }
+}
+
+/// Stores a tile of `R` rows and `t.cols ≤ 4 * V` columns: full tiles directly, edge tiles
+/// through zero-padded copies so that every element sees the same vector epilogue.
+///
+/// # Safety
+/// The pointers of `t` are valid for `R` rows of `t.cols` elements (see [`Tile`]).
+#[inline(always)]
+unsafe fn finish<const R: usize, const V: usize>(acc: &[[float32x4_t; V]; R], t: &Tile) {
+    if t.cols == 4 * V {
+        // SAFETY: forwarded contract.
+        unsafe { store_tile::<R, V>(acc, t) };
+        return;
+    }
+    let cols = t.cols;
+    let mut tp = [0.0f32; MR * NR];
+    let mut tc = [0.0f32; MR * NR];
+    let mut tb = [0.0f32; NR];
+    let mut ts = [0.0f32; NR];
+    // SAFETY: copies `cols` elements of each of the `R` valid rows (contract) to or from the
+    // local buffers, which have `NR ≥ 4 V` columns and `MR ≥ R` rows and never overlap them.
+    unsafe {
+        if !t.first {
+            for i in 0..R {
+                ptr::copy_nonoverlapping(t.part.add(i * t.ldp), tp.as_mut_ptr().add(i * NR), cols);
+            }
+        }
+        if t.last && t.accumulate {
+            for i in 0..R {
+                ptr::copy_nonoverlapping(t.c.add(i * t.ldc), tc.as_mut_ptr().add(i * NR), cols);
+            }
+        }
+        if !t.bias.is_null() {
+            ptr::copy_nonoverlapping(t.bias, tb.as_mut_ptr(), cols);
+        }
+        if !t.scale.is_null() {
+            ptr::copy_nonoverlapping(t.scale, ts.as_mut_ptr(), cols);
+        }
+        let tt = Tile {
+            cols: 4 * V,
+            part: tp.as_mut_ptr(),
+            ldp: NR,
+            c: tc.as_mut_ptr(),
+            ldc: NR,
+            bias: if t.bias.is_null() { ptr::null() } else { tb.as_ptr() },
+            scale: if t.scale.is_null() { ptr::null() } else { ts.as_ptr() },
+            ..*t
+        };
+        store_tile::<R, V>(acc, &tt);
+        if !t.last {
+            for i in 0..R {
+                ptr::copy_nonoverlapping(tp.as_ptr().add(i * NR), t.part.add(i * t.ldp), cols);
+            }
+        } else {
+            for i in 0..R {
+                ptr::copy_nonoverlapping(tc.as_ptr().add(i * NR), t.c.add(i * t.ldc), cols);
+            }
+        }
+    }
+}
+
+/// The `R × 4V` micro-kernel: one FMA chain per element in order `p = 0..kc`.
+///
+/// # Safety
+/// As [`Arch::kernel`], with `rows == R` and `t.cols ≤ 4 * V`.
+#[inline(never)]
+unsafe fn ukernel<const R: usize, const V: usize>(kc: usize, a: *const f32, lda: usize, b: *const f32, t: &Tile) {
+    // SAFETY: reads `a[i * lda + p]` (`i < R`, `p < kc`) and `b[p * NR + j]` (`j < 4 V`), all in
+    // the ranges the contract guarantees.
+    unsafe {
+        let mut acc = [[vdupq_n_f32(0.0); V]; R];
+        let mut ap = a;
+        let mut bp = b;
+        for _ in 0..kc {
+            let mut bv = [vdupq_n_f32(0.0); V];
+            for v in 0..V {
+                bv[v] = vld1q_f32(bp.add(4 * v));
+            }
+            for i in 0..R {
+                let ai = *ap.add(i * lda);
+                for v in 0..V {
+                    acc[i][v] = vfmaq_n_f32(acc[i][v], bv[v], ai);
+                }
+            }
+            ap = ap.add(1);
+            bp = bp.add(NR);
+        }
+        finish::<R, V>(&acc, t);
+    }
+}
+
+/// Matrix-vector product (`m == 1`, NK layout): 8 output columns at a time, each a dot product
+/// of the A row with one B row (4 lanes over k, then a horizontal sum).
+///
+/// # Safety
+/// As [`Arch::gemv_nk`]; `w` is the start of `p.b`'s storage.
+unsafe fn gemv_nk<T: Elem>(p: &Problem<'_>, w: *const T) {
+    let k = p.k;
+    let ld = p.b.ld;
+    let a = p.a.as_ptr();
+    let k4 = k / 4 * 4;
+    let bias = p.bias.map_or(ptr::null(), |b| b.as_ptr());
+    let scale = p.scale.map_or(ptr::null(), |s| s.as_ptr());
+    let mut j = 0;
+    while j < p.n {
+        let cols = (p.n - j).min(8);
+        // SAFETY: rows `p.j0 + j + r` (r < cols; the clamp repeats the last valid row) hold `k`
+        // valid elements; `a` holds `k`; the output tile is row 0, columns `j..j + cols`.
+        unsafe {
+            let mut rows = [w; 8];
+            for r in 0..8 {
+                rows[r] = w.add((p.j0 + j + r.min(cols - 1)) * ld);
+            }
+            let mut acc = [vdupq_n_f32(0.0); 8];
+            let mut q = 0;
+            while q < k4 {
+                let av = vld1q_f32(a.add(q));
+                for r in 0..8 {
+                    acc[r] = vfmaq_f32(acc[r], av, T::load4(rows[r].add(q)));
+                }
+                q += 4;
+            }
+            let mut sums = [0.0f32; 8];
+            for r in 0..8 {
+                let mut x = 0.0f32;
+                for q in k4..k {
+                    x += *a.add(q) * (*rows[r].add(q)).to_f32();
+                }
+                sums[r] = vaddvq_f32(acc[r]) + x;
+            }
+            let s = [[vld1q_f32(sums.as_ptr()), vld1q_f32(sums.as_ptr().add(4))]];
+            let c = p.c.add(j);
+            let t = Tile {
+                first: true,
+                last: true,
+                cols,
+                part: c,
+                ldp: p.ldc,
+                c,
+                ldc: p.ldc,
+                bias: if bias.is_null() { bias } else { bias.add(j) },
+                scale: if scale.is_null() { scale } else { scale.add(j) },
+                gelu: p.gelu,
+                accumulate: p.accumulate,
+            };
+            finish::<1, 2>(&s, &t);
+        }
+        j += 8;
+    }
+}
+
+impl Arch for Neon {
+    unsafe fn pack_b(self, b: &MatB<'_>, pc: usize, kc: usize, col: usize, cols: usize, dst: *mut f32) {
+        let ld = b.ld;
+        let off = match b.layout {
+            BLayout::NK => col * ld + pc,
+            BLayout::KN => pc * ld + col,
+        };
+        // SAFETY: the block is inside the validated B (contract), so `off` is in bounds and the
+        // pack functions' row/column ranges are valid.
+        unsafe {
+            match (b.data, b.layout) {
+                (WeightSlice::F32(w), BLayout::NK) => pack_nk(w.as_ptr().add(off), ld, kc, cols, dst),
+                (WeightSlice::F16(w), BLayout::NK) => pack_nk(w.as_ptr().add(off), ld, kc, cols, dst),
+                (WeightSlice::BF16(w), BLayout::NK) => pack_nk(w.as_ptr().add(off), ld, kc, cols, dst),
+                (WeightSlice::F32(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
+                (WeightSlice::F16(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
+                (WeightSlice::BF16(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
+            }
+        }
+    }
+
+    unsafe fn kernel(self, rows: usize, kc: usize, a: *const f32, lda: usize, bp: *const f32, t: &Tile) {
+        // SAFETY: pointer contract forwarded, `rows` matches R.
+        unsafe {
+            if t.cols > 8 {
+                match rows {
+                    6 => ukernel::<6, 4>(kc, a, lda, bp, t),
+                    5 => ukernel::<5, 4>(kc, a, lda, bp, t),
+                    4 => ukernel::<4, 4>(kc, a, lda, bp, t),
+                    3 => ukernel::<3, 4>(kc, a, lda, bp, t),
+                    2 => ukernel::<2, 4>(kc, a, lda, bp, t),
+                    _ => ukernel::<1, 4>(kc, a, lda, bp, t),
+                }
+            } else {
+                match rows {
+                    6 => ukernel::<6, 2>(kc, a, lda, bp, t),
+                    5 => ukernel::<5, 2>(kc, a, lda, bp, t),
+                    4 => ukernel::<4, 2>(kc, a, lda, bp, t),
+                    3 => ukernel::<3, 2>(kc, a, lda, bp, t),
+                    2 => ukernel::<2, 2>(kc, a, lda, bp, t),
+                    _ => ukernel::<1, 2>(kc, a, lda, bp, t),
+                }
+            }
+        }
+    }
+
+    unsafe fn gemv_nk(self, p: &Problem<'_>) {
+        // SAFETY: contract forwarded.
+        unsafe {
+            match p.b.data {
+                WeightSlice::F32(w) => gemv_nk(p, w.as_ptr()),
+                WeightSlice::F16(w) => gemv_nk(p, w.as_ptr()),
+                WeightSlice::BF16(w) => gemv_nk(p, w.as_ptr()),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Element-wise and row kernels.
+
+/// Sum of `x` (4 × 4 lanes, then a horizontal sum, then the tail in order).
+fn sum(x: &[f32]) -> f32 {
+    let n = x.len();
+    let p = x.as_ptr();
+    let mut i = 0;
+    // SAFETY: every load reads `x[i..i + 4]` with `i + 4 ≤ n`.
+    let mut s = unsafe {
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        while i + 16 <= n {
+            for u in 0..4 {
+                acc[u] = vaddq_f32(acc[u], vld1q_f32(p.add(i + 4 * u)));
+            }
+            i += 16;
+        }
+        while i + 4 <= n {
+            acc[0] = vaddq_f32(acc[0], vld1q_f32(p.add(i)));
+            i += 4;
+        }
+        vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])))
+    };
+    for &v in &x[i..] {
+        s += v;
+    }
+    s
+}
+
+/// `Σ (x - mean)²`.
+fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
+    let n = x.len();
+    let p = x.as_ptr();
+    let mut i = 0;
+    // SAFETY: every load reads `x[i..i + 4]` with `i + 4 ≤ n`.
+    let mut s = unsafe {
+        let m = vdupq_n_f32(mean);
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        while i + 16 <= n {
+            for u in 0..4 {
+                let d = vsubq_f32(vld1q_f32(p.add(i + 4 * u)), m);
+                acc[u] = vfmaq_f32(acc[u], d, d);
+            }
+            i += 16;
+        }
+        while i + 4 <= n {
+            let d = vsubq_f32(vld1q_f32(p.add(i)), m);
+            acc[0] = vfmaq_f32(acc[0], d, d);
+            i += 4;
+        }
+        vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])))
+    };
+    for &v in &x[i..] {
+        s += (v - mean) * (v - mean);
+    }
+    s
+}
+
+fn layer_norm_row(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+    let dim = x.len();
+    assert!(gamma.len() == dim && beta.len() == dim && out.len() == dim);
+    let mean = sum(x) / dim as f32;
+    let var = sum_sq_dev(x, mean) / dim as f32;
+    let inv = 1.0 / libm::sqrtf(var + eps);
+    let mut i = 0;
+    // SAFETY: all four slices have length `dim` (asserted) and `i + 4 ≤ dim`.
+    unsafe {
+        let (vm, vi) = (vdupq_n_f32(mean), vdupq_n_f32(inv));
+        while i + 4 <= dim {
+            let v = vmulq_f32(vsubq_f32(vld1q_f32(x.as_ptr().add(i)), vm), vi);
+            let r = vfmaq_f32(vld1q_f32(beta.as_ptr().add(i)), v, vld1q_f32(gamma.as_ptr().add(i)));
+            vst1q_f32(out.as_mut_ptr().add(i), r);
+            i += 4;
+        }
+    }
+    for j in i..dim {
+        out[j] = (x[j] - mean) * inv * gamma[j] + beta[j];
+    }
+}
+
+/// Applies `f` to `x` in place, 4 lanes at a time; the tail goes through `f` on a padded copy.
+#[inline(always)]
+fn map4(x: &mut [f32], f: impl Fn(float32x4_t) -> float32x4_t) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: every vector access is `x[i..i + 4]` with `i + 4 ≤ n`.
+    unsafe {
+        while i + 4 <= n {
+            vst1q_f32(p.add(i), f(vld1q_f32(p.add(i))));
+            i += 4;
+        }
+    }
+    if i < n {
+        let rest = n - i;
+        let mut buf = [0.0f32; 4];
+        buf[..rest].copy_from_slice(&x[i..]);
+        // SAFETY: `buf` has 4 elements.
+        unsafe { vst1q_f32(buf.as_mut_ptr(), f(vld1q_f32(buf.as_ptr()))) };
+        x[i..].copy_from_slice(&buf[..rest]);
+    }
+}
+
+fn softmax_row(row: &mut [f32], scale: f32) {
+    let n = row.len();
+    if n == 0 {
+        return;
+    }
+    let p = row.as_ptr();
+    let mut i = 0;
+    // SAFETY: every vector access is `row[i..i + 4]` with `i + 4 ≤ n`.
+    let mut max = unsafe {
+        let mut vmax = vdupq_n_f32(f32::NEG_INFINITY);
+        while i + 4 <= n {
+            vmax = vmaxq_f32(vmax, vld1q_f32(p.add(i)));
+            i += 4;
+        }
+        vmaxvq_f32(vmax)
+    };
+    for &v in &row[i..] {
+        max = max.max(v);
+    }
+    // SAFETY: register-only NEON arithmetic.
+    let (vm, vs) = unsafe { (vdupq_n_f32(max), vdupq_n_f32(scale)) };
+    // SAFETY: register-only NEON arithmetic.
+    map4(row, |v| unsafe { exp4(vmulq_f32(vsubq_f32(v, vm), vs)) });
+    let inv = 1.0 / sum(row);
+    // SAFETY: register-only NEON arithmetic.
+    map4(row, |v| unsafe { vmulq_n_f32(v, inv) });
+}
+
+/// `y += s ⊙ x` (or `y += x`) over equal-length slices.
+fn axpy_vec(y: &mut [f32], x: &[f32], s: Option<&[f32]>) {
+    let n = y.len();
+    assert!(x.len() == n && s.map_or(true, |s| s.len() == n));
+    let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
+    let mut i = 0;
+    // SAFETY: all slices have length `n` (asserted) and every access is `[i..i + 4]`, `i + 4 ≤ n`.
+    unsafe {
+        match s {
+            Some(s) => {
+                let sp = s.as_ptr();
+                while i + 4 <= n {
+                    let r = vfmaq_f32(vld1q_f32(yp.add(i)), vld1q_f32(sp.add(i)), vld1q_f32(xp.add(i)));
+                    vst1q_f32(yp.add(i), r);
+                    i += 4;
+                }
+                for j in i..n {
+                    y[j] += s[j] * x[j];
+                }
+            }
+            None => {
+                while i + 4 <= n {
+                    vst1q_f32(yp.add(i), vaddq_f32(vld1q_f32(yp.add(i)), vld1q_f32(xp.add(i))));
+                    i += 4;
+                }
+                for j in i..n {
+                    y[j] += x[j];
+                }
+            }
+        }
+    }
+}
+
+/// `xt[p * tokens + t] = x[t * ldx + p]` for `t < tokens`, `p < n`.
+fn transpose_into(x: &[f32], ldx: usize, tokens: usize, n: usize, xt: &mut [f32]) {
+    assert!(n.checked_mul(tokens).is_some_and(|need| xt.len() >= need), "sparse_add: xt too small");
+    if n == 0 || tokens == 0 {
+        return;
+    }
+    assert!(fits(tokens, ldx, n, x.len()), "sparse_add: X too small");
+    let (t4, n4) = (tokens / 4 * 4, n / 4 * 4);
+    let (xp, tp) = (x.as_ptr(), xt.as_mut_ptr());
+    // SAFETY: reads `x[t * ldx + p]` and writes `xt[p * tokens + t]` for `t < tokens`, `p < n`,
+    // both in bounds (asserted above).
+    unsafe {
+        for t0 in (0..t4).step_by(4) {
+            for p0 in (0..n4).step_by(4) {
+                let v = [
+                    vld1q_f32(xp.add(t0 * ldx + p0)),
+                    vld1q_f32(xp.add((t0 + 1) * ldx + p0)),
+                    vld1q_f32(xp.add((t0 + 2) * ldx + p0)),
+                    vld1q_f32(xp.add((t0 + 3) * ldx + p0)),
+                ];
+                let t = transpose4(&v);
+                for q in 0..4 {
+                    vst1q_f32(tp.add((p0 + q) * tokens + t0), t[q]);
+                }
+            }
+            for p in n4..n {
+                for r in 0..4 {
+                    *tp.add(p * tokens + t0 + r) = *xp.add((t0 + r) * ldx + p);
+                }
+            }
+        }
+        for t in t4..tokens {
+            for p in 0..n {
+                *tp.add(p * tokens + t) = *xp.add(t * ldx + p);
+            }
+        }
+    }
+}
+
+/// Column index types of the CSR kernels.
+trait Index: Copy {
+    fn idx(self) -> usize;
+}
+impl Index for u16 {
+    #[inline(always)]
+    fn idx(self) -> usize {
+        self as usize
+    }
+}
+impl Index for u32 {
+    #[inline(always)]
+    fn idx(self) -> usize {
+        self as usize
+    }
+}
+
+/// Rows of Y computed together by the transposed sparse kernel (results are written to Y as
+/// `ROWS`-wide row segments, so each cache line of Y is touched once per group rather than once
+/// per output column: with a row stride that is a multiple of 4 KiB, a column of Y would hit a
+/// single cache set).
+const ROWS: usize = 16;
+/// Tokens per block of the transposed sparse kernel (8 q-register accumulators).
+const TOKENS: usize = 32;
+
+/// One CSR row over the `4 U` tokens starting at `t0`:
+/// `out[t] = Σ_q vals[q] · xt[cols[q] * tokens + t0 + t]`.
+///
+/// # Safety
+/// Every `cols[q] < n` where `xt` holds `n * tokens` floats, and `t0 + 4 U ≤ tokens`.
+#[inline(always)]
+unsafe fn sparse_row_block<I: Index, V: Elem, const U: usize>(
+    cols: &[I],
+    vals: &[V],
+    xt: *const f32,
+    tokens: usize,
+    t0: usize,
+    out: &mut [f32; TOKENS],
+) {
+    // SAFETY: `c < n` (contract), so `[c * tokens + t0, .. + 4 U)` is inside `xt`; `out` has
+    // 32 ≥ 4 U floats.
+    unsafe {
+        let mut acc = [vdupq_n_f32(0.0); U];
+        for (c, v) in cols.iter().zip(vals) {
+            let w = v.to_f32();
+            let base = xt.add(c.idx() * tokens + t0);
+            for u in 0..U {
+                acc[u] = vfmaq_n_f32(acc[u], vld1q_f32(base.add(4 * u)), w);
+            }
+        }
+        for u in 0..U {
+            vst1q_f32(out.as_mut_ptr().add(4 * u), acc[u]);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sparse_add_typed<I: Index, V: Elem>(
+    tokens: usize,
+    row_ptr: &[u32],
+    col_idx: &[I],
+    values: &[V],
+    n: usize,
+    x: &[f32],
+    ldx: usize,
+    y: &mut [f32],
+    ldy: usize,
+    xt: &mut [f32],
+) {
+    let rows = row_ptr.len() - 1;
+    assert!(fits(tokens, ldy, rows, y.len()), "sparse_add: Y too small");
+    transpose_into(x, ldx, tokens, n, xt);
+    let xt = &xt[..n * tokens];
+    let t4 = tokens / 4 * 4;
+    let mut out = [[0.0f32; TOKENS]; ROWS];
+    let mut j0 = 0;
+    while j0 < rows {
+        let rg = (rows - j0).min(ROWS);
+        let mut t0 = 0;
+        while t0 < t4 {
+            let tb = (t4 - t0).min(TOKENS);
+            for jj in 0..rg {
+                let j = j0 + jj;
+                let (s, e) = (row_ptr[j] as usize, row_ptr[j + 1] as usize);
+                let (cols, vals) = (&col_idx[s..e], &values[s..e]);
+                let (o, xp) = (&mut out[jj], xt.as_ptr());
+                // SAFETY: every column index is `< n` (`n` is one more than the largest index),
+                // the token block ends at `t0 + tb ≤ tokens`, and `xt` holds `n * tokens` floats.
+                unsafe {
+                    match tb / 4 {
+                        8 => sparse_row_block::<I, V, 8>(cols, vals, xp, tokens, t0, o),
+                        7 => sparse_row_block::<I, V, 7>(cols, vals, xp, tokens, t0, o),
+                        6 => sparse_row_block::<I, V, 6>(cols, vals, xp, tokens, t0, o),
+                        5 => sparse_row_block::<I, V, 5>(cols, vals, xp, tokens, t0, o),
+                        4 => sparse_row_block::<I, V, 4>(cols, vals, xp, tokens, t0, o),
+                        3 => sparse_row_block::<I, V, 3>(cols, vals, xp, tokens, t0, o),
+                        2 => sparse_row_block::<I, V, 2>(cols, vals, xp, tokens, t0, o),
+                        _ => sparse_row_block::<I, V, 1>(cols, vals, xp, tokens, t0, o),
+                    }
+                }
+            }
+            // Y[t0 + t][j0 .. j0 + rg] += out[..rg][t]: 4 × 4 transposes for full blocks.
+            let r4 = rg / 4 * 4;
+            for tt in (0..tb).step_by(4) {
+                for jj in (0..r4).step_by(4) {
+                    // SAFETY: `out` rows `jj..jj + 4` hold `tb ≥ tt + 4` floats; `yr` has 4.
+                    unsafe {
+                        let v = [
+                            vld1q_f32(out[jj].as_ptr().add(tt)),
+                            vld1q_f32(out[jj + 1].as_ptr().add(tt)),
+                            vld1q_f32(out[jj + 2].as_ptr().add(tt)),
+                            vld1q_f32(out[jj + 3].as_ptr().add(tt)),
+                        ];
+                        let tr = transpose4(&v);
+                        for q in 0..4 {
+                            let yr = &mut y[(t0 + tt + q) * ldy + j0 + jj..][..4];
+                            vst1q_f32(yr.as_mut_ptr(), vaddq_f32(vld1q_f32(yr.as_ptr()), tr[q]));
+                        }
+                    }
+                }
+                for q in 0..4 {
+                    let yr = &mut y[(t0 + tt + q) * ldy + j0..][..rg];
+                    for jj in r4..rg {
+                        yr[jj] += out[jj][tt + q];
+                    }
+                }
+            }
+            t0 += tb;
+        }
+        // Remaining tokens (fewer than 4): direct dot products.
+        for t in t4..tokens {
+            for j in j0..j0 + rg {
+                let (s, e) = (row_ptr[j] as usize, row_ptr[j + 1] as usize);
+                let mut acc = 0.0f32;
+                for (c, v) in col_idx[s..e].iter().zip(&values[s..e]) {
+                    acc += v.to_f32() * xt[c.idx() * tokens + t];
+                }
+                y[t * ldy + j] += acc;
+            }
+        }
+        j0 += rg;
+    }
+}
+
+impl Neon {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn layer_norm(
+        self,
+        rows: usize,
+        dim: usize,
+        x: &[f32],
+        ldx: usize,
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        out: &mut [f32],
+        ldo: usize,
+    ) {
+        let (gamma, beta) = (&gamma[..dim], &beta[..dim]);
+        for r in 0..rows {
+            layer_norm_row(&x[r * ldx..r * ldx + dim], gamma, beta, eps, &mut out[r * ldo..r * ldo + dim]);
+        }
+    }
+
+    pub(crate) fn softmax_rows(self, rows: usize, cols: usize, x: &mut [f32], ld: usize, scale: f32) {
+        for r in 0..rows {
+            softmax_row(&mut x[r * ld..r * ld + cols], scale);
+        }
+    }
+
+    pub(crate) fn gelu(self, x: &mut [f32]) {
+        map4(x, gelu4);
+    }
+
+    pub(crate) fn add_scaled(self, y: &mut [f32], x: &[f32], scale: Option<&[f32]>) {
+        match scale {
+            None => axpy_vec(y, x, None),
+            Some(s) => {
+                let d = s.len();
+                for (yc, xc) in y.chunks_mut(d).zip(x.chunks(d)) {
+                    let l = yc.len();
+                    axpy_vec(yc, xc, Some(&s[..l]));
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn sparse_add(
+        self,
+        tokens: usize,
+        row_ptr: &[u32],
+        col_idx: SparseIndices<'_>,
+        values: WeightSlice<'_>,
+        x: &[f32],
+        ldx: usize,
+        y: &mut [f32],
+        ldy: usize,
+        xt: &mut [f32],
+    ) {
+        if row_ptr.len() < 2 || tokens == 0 {
+            return;
+        }
+        // With few tokens the transposition does not pay: the scalar kernel gathers directly.
+        if tokens < 8 || col_idx.is_empty() {
+            scalar::sparse_add(tokens, row_ptr, col_idx, values, x, ldx, y, ldy);
+            return;
+        }
+        let n = col_idx.min_cols();
+        macro_rules! go {
+            ($i:expr) => {
+                match values {
+                    WeightSlice::F32(v) => sparse_add_typed(tokens, row_ptr, $i, v, n, x, ldx, y, ldy, xt),
+                    WeightSlice::F16(v) => sparse_add_typed(tokens, row_ptr, $i, v, n, x, ldx, y, ldy, xt),
+                    WeightSlice::BF16(v) => sparse_add_typed(tokens, row_ptr, $i, v, n, x, ldx, y, ldy, xt),
+                }
+            };
+        }
+        match col_idx {
+            SparseIndices::U16(i) => go!(i),
+            SparseIndices::U32(i) => go!(i),
+        }
+    }
+}

@@ -1,0 +1,1211 @@
+//! AVX2 + FMA + F16C kernels (x86_64).
+//!
+//! Every function with `#[target_feature]` is reached only through the [`Avx2`] token, which
+//! exists only after [`Backend::detect`] found the three features. The GEMM micro-kernel is
+//! 6 × 16 (12 ymm accumulators, two FMA pipes of latency 4 need at least 8 independent chains).
+//!
+//! # Safety contract
+//! Every `unsafe fn` here that carries `#[target_feature(enable = "avx2,fma,f16c")]` requires
+//! that the CPU supports those features; callers discharge that by holding an [`Avx2`] token.
+//! Further (pointer) requirements are listed in each function's own `# Safety` section.
+//!
+//! The bodies of those functions are wrapped in one `unsafe` block so that the code also builds
+//! with compilers (the crate's MSRV) on which every intrinsic is an `unsafe fn`; newer compilers
+//! consider some of these blocks unnecessary, hence `allow(unused_unsafe)`.
+
+#![allow(clippy::needless_range_loop, unused_unsafe)]
+
+use core::arch::x86_64::*;
+use core::ptr;
+
+use half::{bf16, f16};
+
+use super::driver::{Arch, Tile, MR, NR};
+use super::{fits, BLayout, Backend, MatB, Problem, SparseIndices, WeightSlice};
+
+/// Proof that the CPU supports AVX2, FMA and F16C (only constructed after detection).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx2 {
+    _detected: (),
+}
+
+impl Avx2 {
+    /// The token, if [`Backend::detect`] selected AVX2.
+    pub(crate) fn get() -> Option<Avx2> {
+        (Backend::detect() == Backend::Avx2).then_some(Avx2 { _detected: () })
+    }
+}
+
+/// A weight element type that can be loaded as f32.
+trait Elem: Copy {
+    /// Loads 8 consecutive elements as f32.
+    ///
+    /// # Safety
+    /// `p` is valid for 8 reads; the CPU supports AVX2 + FMA + F16C.
+    unsafe fn load8(p: *const Self) -> __m256;
+    /// One element as f32.
+    fn to_f32(self) -> f32;
+}
+
+impl Elem for f32 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are
+        // justified where they occur.
+        unsafe {
+            // SAFETY: `p` is valid for 8 reads (contract).
+            unsafe { _mm256_loadu_ps(p) }
+        }
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Elem for f16 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const f16) -> __m256 {
+        // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are
+        // justified where they occur.
+        unsafe {
+            // SAFETY: `p` is valid for 8 × 2 bytes (contract); unaligned load.
+            _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) })
+        }
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+impl Elem for bf16 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const bf16) -> __m256 {
+        // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are
+        // justified where they occur.
+        unsafe {
+            // SAFETY: `p` is valid for 8 × 2 bytes (contract); unaligned load.
+            let h = unsafe { _mm_loadu_si128(p.cast()) };
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vector math (same formulas as `scalar::exp` / `scalar::erf`).
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn exp8(x: __m256) -> __m256 {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.336_54)), _mm256_set1_ps(88.376_26));
+        let n = _mm256_floor_ps(_mm256_add_ps(
+            _mm256_mul_ps(x, _mm256_set1_ps(core::f32::consts::LOG2_E)),
+            _mm256_set1_ps(0.5),
+        ));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.398_199_9e-3));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333_452e-3));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166_579_6e-2));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666_666_5e-1));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+        let y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0));
+        let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)));
+        _mm256_mul_ps(y, _mm256_castsi256_ps(e))
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn erf8(x: __m256) -> __m256 {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        let ax = _mm256_andnot_ps(sign, x);
+        let one = _mm256_set1_ps(1.0);
+        let t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.327_591_1), ax, one));
+        let mut p = _mm256_set1_ps(1.061_405_4);
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.453_152_1));
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421_413_8));
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.284_496_74));
+        p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.254_829_6));
+        p = _mm256_mul_ps(p, t);
+        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(ax, ax)));
+        let y = _mm256_fnmadd_ps(p, e, one);
+        _mm256_or_ps(y, _mm256_and_ps(x, sign))
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gelu8(x: __m256) -> __m256 {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        let e = erf8(_mm256_mul_ps(x, _mm256_set1_ps(core::f32::consts::FRAC_1_SQRT_2)));
+        _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5), x), _mm256_add_ps(_mm256_set1_ps(1.0), e))
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum(v: __m256) -> f32 {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hmax(v: __m256) -> f32 {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_max_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+/// Lane `i` of the result is the sum of the lanes of `v[i]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum8x8(v: &[__m256; 8]) -> __m256 {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        let t0 = _mm256_hadd_ps(v[0], v[1]);
+        let t1 = _mm256_hadd_ps(v[2], v[3]);
+        let t2 = _mm256_hadd_ps(v[4], v[5]);
+        let t3 = _mm256_hadd_ps(v[6], v[7]);
+        let u0 = _mm256_hadd_ps(t0, t1);
+        let u1 = _mm256_hadd_ps(t2, t3);
+        _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(u0, u1), _mm256_permute2f128_ps::<0x31>(u0, u1))
+    }
+}
+
+/// Transposes the 8 × 8 block held in `r` (row `i` in `r[i]`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn transpose8(r: &[__m256; 8]) -> [__m256; 8] {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ]
+    }
+}
+
+/// Mask selecting the first `n` (≤ 8) lanes, for `maskload`/`maskstore`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn lane_mask(n: usize) -> __m256i {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), idx)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM: packing, micro-kernel, epilogue.
+
+/// Packs `kc × cols` of an NK-layout B starting at `src` (element `(pc, col)`) into `dst`.
+///
+/// # Safety
+/// Rows `0..cols` of `src` (stride `ld`) are valid for `kc` reads; `dst` for `kc * NR` writes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack_nk<T: Elem>(src: *const T, ld: usize, kc: usize, cols: usize, dst: *mut f32) {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        let groups = if cols > 8 { 2 } else { 1 };
+        for g in 0..groups {
+            let gcols = (cols - g * 8).min(8);
+            // SAFETY (whole block): reads stay in rows `g*8 .. g*8 + gcols` and columns `0..kc` of
+            // `src`; writes in `dst[p * NR + g*8 .. +8]` for `p < kc`.
+            unsafe {
+                let gdst = dst.add(g * 8);
+                if gcols == 8 {
+                    let mut rows = [src; 8];
+                    for r in 0..8 {
+                        rows[r] = src.add((g * 8 + r) * ld);
+                    }
+                    let mut p = 0;
+                    while p + 8 <= kc {
+                        let mut v = [_mm256_setzero_ps(); 8];
+                        for r in 0..8 {
+                            v[r] = T::load8(rows[r].add(p));
+                        }
+                        let t = transpose8(&v);
+                        for q in 0..8 {
+                            _mm256_storeu_ps(gdst.add((p + q) * NR), t[q]);
+                        }
+                        p += 8;
+                    }
+                    while p < kc {
+                        for r in 0..8 {
+                            *gdst.add(p * NR + r) = (*rows[r].add(p)).to_f32();
+                        }
+                        p += 1;
+                    }
+                } else {
+                    for p in 0..kc {
+                        for r in 0..8 {
+                            *gdst.add(p * NR + r) =
+                                if r < gcols { (*src.add((g * 8 + r) * ld + p)).to_f32() } else { 0.0 };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs `kc × cols` of a KN-layout B starting at `src` (element `(pc, col)`) into `dst`.
+///
+/// # Safety
+/// Rows `0..kc` of `src` (stride `ld`) are valid for `cols` reads; `dst` for `kc * NR` writes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack_kn<T: Elem>(src: *const T, ld: usize, kc: usize, cols: usize, dst: *mut f32) {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        // SAFETY (whole function): reads `src[p * ld + j]` for `p < kc`, `j < cols`; writes
+        // `dst[p * NR + j]` for `j < NR`.
+        unsafe {
+            if cols == NR {
+                for p in 0..kc {
+                    let s = src.add(p * ld);
+                    let d = dst.add(p * NR);
+                    _mm256_storeu_ps(d, T::load8(s));
+                    _mm256_storeu_ps(d.add(8), T::load8(s.add(8)));
+                }
+            } else {
+                let full = if cols >= 8 { 8 } else { 0 };
+                let width = if cols > 8 { NR } else { 8 };
+                for p in 0..kc {
+                    let s = src.add(p * ld);
+                    let d = dst.add(p * NR);
+                    if full == 8 {
+                        _mm256_storeu_ps(d, T::load8(s));
+                    }
+                    for j in full..width {
+                        *d.add(j) = if j < cols { (*s.add(j)).to_f32() } else { 0.0 };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stores a full-width tile (`t.cols == 8 * V`) through the epilogue.
+///
+/// # Safety
+/// The pointers of `t` are valid for `R` rows of `8 * V` elements (see [`Tile`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn store_tile<const R: usize, const V: usize>(acc: &[[__m256; V]; R], t: &Tile) {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        // SAFETY (whole function): every access is inside row `i < R`, columns `< 8 * V` of the
+        // tile's `part`/`c`, or the first `8 * V` entries of `bias`/`scale` (contract).
+        unsafe {
+            for i in 0..R {
+                for v in 0..V {
+                    let mut x = acc[i][v];
+                    let pp = t.part.add(i * t.ldp + 8 * v);
+                    if !t.first {
+                        x = _mm256_add_ps(x, _mm256_loadu_ps(pp));
+                    }
+                    if !t.last {
+                        _mm256_storeu_ps(pp, x);
+                        continue;
+                    }
+                    if !t.bias.is_null() {
+                        x = _mm256_add_ps(x, _mm256_loadu_ps(t.bias.add(8 * v)));
+                    }
+                    if t.gelu {
+                        x = gelu8(x);
+                    }
+                    let cp = t.c.add(i * t.ldc + 8 * v);
+                    if t.accumulate {
+                        let c0 = _mm256_loadu_ps(cp);
+                        x = if t.scale.is_null() {
+                            _mm256_add_ps(c0, x)
+                        } else {
+                            _mm256_fmadd_ps(_mm256_loadu_ps(t.scale.add(8 * v)), x, c0)
+                        };
+                    }
+                    _mm256_storeu_ps(cp, x);
+                }
+            }
+        }
+    }
+}
+
+/// Stores a tile of `R` rows and `t.cols ≤ 8 * V` columns: full tiles directly, edge tiles
+/// through zero-padded copies so that every element sees the same vector epilogue.
+///
+/// # Safety
+/// The pointers of `t` are valid for `R` rows of `t.cols` elements (see [`Tile`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn finish<const R: usize, const V: usize>(acc: &[[__m256; V]; R], t: &Tile) {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        if t.cols == 8 * V {
+            // SAFETY: forwarded contract.
+            unsafe { store_tile::<R, V>(acc, t) };
+            return;
+        }
+        let cols = t.cols;
+        let mut tp = [0.0f32; MR * NR];
+        let mut tc = [0.0f32; MR * NR];
+        let mut tb = [0.0f32; NR];
+        let mut ts = [0.0f32; NR];
+        // SAFETY: copies `cols` elements of each of the `R` valid rows (contract) to or from the
+        // local buffers, which have `NR ≥ 8 * V` columns and `MR ≥ R` rows and never overlap them.
+        unsafe {
+            if !t.first {
+                for i in 0..R {
+                    ptr::copy_nonoverlapping(t.part.add(i * t.ldp), tp.as_mut_ptr().add(i * NR), cols);
+                }
+            }
+            if t.last && t.accumulate {
+                for i in 0..R {
+                    ptr::copy_nonoverlapping(t.c.add(i * t.ldc), tc.as_mut_ptr().add(i * NR), cols);
+                }
+            }
+            if !t.bias.is_null() {
+                ptr::copy_nonoverlapping(t.bias, tb.as_mut_ptr(), cols);
+            }
+            if !t.scale.is_null() {
+                ptr::copy_nonoverlapping(t.scale, ts.as_mut_ptr(), cols);
+            }
+            let tt = Tile {
+                cols: 8 * V,
+                part: tp.as_mut_ptr(),
+                ldp: NR,
+                c: tc.as_mut_ptr(),
+                ldc: NR,
+                bias: if t.bias.is_null() { ptr::null() } else { tb.as_ptr() },
+                scale: if t.scale.is_null() { ptr::null() } else { ts.as_ptr() },
+                ..*t
+            };
+            store_tile::<R, V>(acc, &tt);
+            if !t.last {
+                for i in 0..R {
+                    ptr::copy_nonoverlapping(tp.as_ptr().add(i * NR), t.part.add(i * t.ldp), cols);
+                }
+            } else {
+                for i in 0..R {
+                    ptr::copy_nonoverlapping(tc.as_ptr().add(i * NR), t.c.add(i * t.ldc), cols);
+                }
+            }
+        }
+    }
+}
+
+/// The `R × 8V` micro-kernel: `acc[i][j] = Σ_p a[i * lda + p] · b[p * NR + j]`, one FMA chain per
+/// element in order `p = 0..kc`.
+///
+/// # Safety
+/// As [`Arch::kernel`], with `rows == R` and `t.cols ≤ 8 * V`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn ukernel<const R: usize, const V: usize>(kc: usize, a: *const f32, lda: usize, b: *const f32, t: &Tile) {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); V]; R];
+        let mut ap = a;
+        let mut bp = b;
+        // One k step: V panel loads, R broadcasts, R·V FMAs.
+        macro_rules! step {
+            ($off:expr) => {
+                let mut bv = [_mm256_setzero_ps(); V];
+                for v in 0..V {
+                    bv[v] = _mm256_loadu_ps(bp.add($off * NR + 8 * v));
+                }
+                for i in 0..R {
+                    let ai = _mm256_set1_ps(*ap.add(i * lda + $off));
+                    for v in 0..V {
+                        acc[i][v] = _mm256_fmadd_ps(ai, bv[v], acc[i][v]);
+                    }
+                }
+            };
+        }
+        // SAFETY: reads `a[i * lda + p]` (`i < R`, `p < kc`) and `b[p * NR + j]` (`j < 8 V`),
+        // all in the ranges the contract guarantees (unaligned loads: alignment of the panel
+        // only matters for speed).
+        unsafe {
+            for _ in 0..kc / 4 {
+                step!(0);
+                step!(1);
+                step!(2);
+                step!(3);
+                ap = ap.add(4);
+                bp = bp.add(4 * NR);
+            }
+            for _ in 0..kc % 4 {
+                step!(0);
+                ap = ap.add(1);
+                bp = bp.add(NR);
+            }
+            finish::<R, V>(&acc, t);
+        }
+    }
+}
+
+/// Matrix-vector product (`m == 1`, NK layout): 8 output columns at a time, each a dot product
+/// of the A row with one B row (8 lanes over k, then a horizontal sum).
+///
+/// # Safety
+/// As [`Arch::gemv_nk`]; `w` is the start of `p.b`'s storage.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_nk<T: Elem>(p: &Problem<'_>, w: *const T) {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        let k = p.k;
+        let ld = p.b.ld;
+        let a = p.a.as_ptr();
+        let k8 = k / 8 * 8;
+        let bias = p.bias.map_or(ptr::null(), |b| b.as_ptr());
+        let scale = p.scale.map_or(ptr::null(), |s| s.as_ptr());
+        let mut j = 0;
+        while j < p.n {
+            let cols = (p.n - j).min(8);
+            // SAFETY: rows `p.j0 + j + r` (r < cols; the clamp repeats the last valid row) hold `k`
+            // valid elements; `a` holds `k`; the output tile is row 0, columns `j..j + cols`.
+            unsafe {
+                let mut rows = [w; 8];
+                for r in 0..8 {
+                    rows[r] = w.add((p.j0 + j + r.min(cols - 1)) * ld);
+                }
+                let mut acc = [_mm256_setzero_ps(); 8];
+                let mut q = 0;
+                while q < k8 {
+                    let av = _mm256_loadu_ps(a.add(q));
+                    for r in 0..8 {
+                        acc[r] = _mm256_fmadd_ps(av, T::load8(rows[r].add(q)), acc[r]);
+                    }
+                    q += 8;
+                }
+                let mut s = hsum8x8(&acc);
+                if k8 < k {
+                    let mut tail = [0.0f32; 8];
+                    for r in 0..8 {
+                        let mut x = 0.0f32;
+                        for q in k8..k {
+                            x += *a.add(q) * (*rows[r].add(q)).to_f32();
+                        }
+                        tail[r] = x;
+                    }
+                    s = _mm256_add_ps(s, _mm256_loadu_ps(tail.as_ptr()));
+                }
+                let c = p.c.add(j);
+                let t = Tile {
+                    first: true,
+                    last: true,
+                    cols,
+                    part: c,
+                    ldp: p.ldc,
+                    c,
+                    ldc: p.ldc,
+                    bias: if bias.is_null() { bias } else { bias.add(j) },
+                    scale: if scale.is_null() { scale } else { scale.add(j) },
+                    gelu: p.gelu,
+                    accumulate: p.accumulate,
+                };
+                finish::<1, 1>(&[[s]], &t);
+            }
+            j += 8;
+        }
+    }
+}
+
+impl Arch for Avx2 {
+    unsafe fn pack_b(self, b: &MatB<'_>, pc: usize, kc: usize, col: usize, cols: usize, dst: *mut f32) {
+        let ld = b.ld;
+        let off = match b.layout {
+            BLayout::NK => col * ld + pc,
+            BLayout::KN => pc * ld + col,
+        };
+        // SAFETY: `self` proves the CPU features; the block is inside the validated B (contract),
+        // so `off` is in bounds and the pack functions' row/column ranges are valid.
+        unsafe {
+            match (b.data, b.layout) {
+                (WeightSlice::F32(w), BLayout::NK) => pack_nk(w.as_ptr().add(off), ld, kc, cols, dst),
+                (WeightSlice::F16(w), BLayout::NK) => pack_nk(w.as_ptr().add(off), ld, kc, cols, dst),
+                (WeightSlice::BF16(w), BLayout::NK) => pack_nk(w.as_ptr().add(off), ld, kc, cols, dst),
+                (WeightSlice::F32(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
+                (WeightSlice::F16(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
+                (WeightSlice::BF16(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
+            }
+        }
+    }
+
+    unsafe fn kernel(self, rows: usize, kc: usize, a: *const f32, lda: usize, bp: *const f32, t: &Tile) {
+        // SAFETY: `self` proves the CPU features; pointer contract forwarded, `rows` matches R.
+        unsafe {
+            if t.cols > 8 {
+                match rows {
+                    6 => ukernel::<6, 2>(kc, a, lda, bp, t),
+                    5 => ukernel::<5, 2>(kc, a, lda, bp, t),
+                    4 => ukernel::<4, 2>(kc, a, lda, bp, t),
+                    3 => ukernel::<3, 2>(kc, a, lda, bp, t),
+                    2 => ukernel::<2, 2>(kc, a, lda, bp, t),
+                    _ => ukernel::<1, 2>(kc, a, lda, bp, t),
+                }
+            } else {
+                match rows {
+                    6 => ukernel::<6, 1>(kc, a, lda, bp, t),
+                    5 => ukernel::<5, 1>(kc, a, lda, bp, t),
+                    4 => ukernel::<4, 1>(kc, a, lda, bp, t),
+                    3 => ukernel::<3, 1>(kc, a, lda, bp, t),
+                    2 => ukernel::<2, 1>(kc, a, lda, bp, t),
+                    _ => ukernel::<1, 1>(kc, a, lda, bp, t),
+                }
+            }
+        }
+    }
+
+    unsafe fn gemv_nk(self, p: &Problem<'_>) {
+        // SAFETY: `self` proves the CPU features; contract forwarded.
+        unsafe {
+            match p.b.data {
+                WeightSlice::F32(w) => gemv_nk(p, w.as_ptr()),
+                WeightSlice::F16(w) => gemv_nk(p, w.as_ptr()),
+                WeightSlice::BF16(w) => gemv_nk(p, w.as_ptr()),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Element-wise and row kernels.
+
+/// Sum of `x` (4 × 8 lanes, then a horizontal sum, then the tail in order).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sum(x: &[f32]) -> f32 {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        let n = x.len();
+        let p = x.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: every load reads `x[i..i + 8]` with `i + 8 ≤ n`.
+        unsafe {
+            while i + 32 <= n {
+                for u in 0..4 {
+                    acc[u] = _mm256_add_ps(acc[u], _mm256_loadu_ps(p.add(i + 8 * u)));
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                acc[0] = _mm256_add_ps(acc[0], _mm256_loadu_ps(p.add(i)));
+                i += 8;
+            }
+        }
+        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        for &v in &x[i..] {
+            s += v;
+        }
+        s
+    }
+}
+
+/// `Σ (x - mean)²`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        let n = x.len();
+        let p = x.as_ptr();
+        let m = _mm256_set1_ps(mean);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: every load reads `x[i..i + 8]` with `i + 8 ≤ n`.
+        unsafe {
+            while i + 32 <= n {
+                for u in 0..4 {
+                    let d = _mm256_sub_ps(_mm256_loadu_ps(p.add(i + 8 * u)), m);
+                    acc[u] = _mm256_fmadd_ps(d, d, acc[u]);
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                let d = _mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m);
+                acc[0] = _mm256_fmadd_ps(d, d, acc[0]);
+                i += 8;
+            }
+        }
+        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        for &v in &x[i..] {
+            s += (v - mean) * (v - mean);
+        }
+        s
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn layer_norm_row(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        let dim = x.len();
+        assert!(gamma.len() == dim && beta.len() == dim && out.len() == dim);
+        let mean = sum(x) / dim as f32;
+        let var = sum_sq_dev(x, mean) / dim as f32;
+        let inv = 1.0 / libm::sqrtf(var + eps);
+        let (vm, vi) = (_mm256_set1_ps(mean), _mm256_set1_ps(inv));
+        let mut i = 0;
+        // SAFETY: all four slices have length `dim` (asserted) and `i + 8 ≤ dim`.
+        unsafe {
+            while i + 8 <= dim {
+                let v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), vm), vi);
+                let r =
+                    _mm256_fmadd_ps(v, _mm256_loadu_ps(gamma.as_ptr().add(i)), _mm256_loadu_ps(beta.as_ptr().add(i)));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
+                i += 8;
+            }
+        }
+        for j in i..dim {
+            out[j] = (x[j] - mean) * inv * gamma[j] + beta[j];
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn softmax_row(row: &mut [f32], scale: f32) {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        let n = row.len();
+        if n == 0 {
+            return;
+        }
+        let p = row.as_mut_ptr();
+        let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut i = 0;
+        // SAFETY: every vector access is `row[i..i + 8]` with `i + 8 ≤ n`.
+        unsafe {
+            while i + 8 <= n {
+                vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(p.add(i)));
+                i += 8;
+            }
+        }
+        let mut max = hmax(vmax);
+        for &v in &row[i..] {
+            max = max.max(v);
+        }
+        let (vm, vs) = (_mm256_set1_ps(max), _mm256_set1_ps(scale));
+        let mut vsum = _mm256_setzero_ps();
+        i = 0;
+        // SAFETY: as above.
+        unsafe {
+            while i + 8 <= n {
+                let e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), vm), vs));
+                _mm256_storeu_ps(p.add(i), e);
+                vsum = _mm256_add_ps(vsum, e);
+                i += 8;
+            }
+        }
+        let mut total = hsum(vsum);
+        if i < n {
+            // The tail goes through the same vector exp, on a padded copy.
+            let rest = n - i;
+            let mut buf = [0.0f32; 8];
+            buf[..rest].copy_from_slice(&row[i..]);
+            // SAFETY: `buf` has 8 elements.
+            unsafe {
+                let e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(buf.as_ptr()), vm), vs));
+                _mm256_storeu_ps(buf.as_mut_ptr(), e);
+            }
+            for (d, &s) in row[i..].iter_mut().zip(&buf[..rest]) {
+                *d = s;
+                total += s;
+            }
+        }
+        let inv = _mm256_set1_ps(1.0 / total);
+        i = 0;
+        // SAFETY: as above.
+        unsafe {
+            while i + 8 <= n {
+                _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), inv));
+                i += 8;
+            }
+        }
+        let inv = 1.0 / total;
+        for v in &mut row[i..] {
+            *v *= inv;
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gelu_slice(x: &mut [f32]) {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        let n = x.len();
+        let p = x.as_mut_ptr();
+        let mut i = 0;
+        // SAFETY: every vector access is `x[i..i + 8]` with `i + 8 ≤ n`.
+        unsafe {
+            while i + 8 <= n {
+                _mm256_storeu_ps(p.add(i), gelu8(_mm256_loadu_ps(p.add(i))));
+                i += 8;
+            }
+        }
+        if i < n {
+            let rest = n - i;
+            let mut buf = [0.0f32; 8];
+            buf[..rest].copy_from_slice(&x[i..]);
+            // SAFETY: `buf` has 8 elements.
+            unsafe { _mm256_storeu_ps(buf.as_mut_ptr(), gelu8(_mm256_loadu_ps(buf.as_ptr()))) };
+            x[i..].copy_from_slice(&buf[..rest]);
+        }
+    }
+}
+
+/// `y += s ⊙ x` (or `y += x`) over equal-length slices.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn axpy_vec(y: &mut [f32], x: &[f32], s: Option<&[f32]>) {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        let n = y.len();
+        assert!(x.len() == n && s.map_or(true, |s| s.len() == n));
+        let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
+        let mut i = 0;
+        // SAFETY: all slices have length `n` (asserted) and every access is `[i..i + 8]`, `i + 8 ≤ n`.
+        unsafe {
+            match s {
+                Some(s) => {
+                    let sp = s.as_ptr();
+                    while i + 8 <= n {
+                        let r = _mm256_fmadd_ps(
+                            _mm256_loadu_ps(sp.add(i)),
+                            _mm256_loadu_ps(xp.add(i)),
+                            _mm256_loadu_ps(yp.add(i)),
+                        );
+                        _mm256_storeu_ps(yp.add(i), r);
+                        i += 8;
+                    }
+                    for j in i..n {
+                        y[j] += s[j] * x[j];
+                    }
+                }
+                None => {
+                    while i + 8 <= n {
+                        _mm256_storeu_ps(
+                            yp.add(i),
+                            _mm256_add_ps(_mm256_loadu_ps(yp.add(i)), _mm256_loadu_ps(xp.add(i))),
+                        );
+                        i += 8;
+                    }
+                    for j in i..n {
+                        y[j] += x[j];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `xt[p * tokens + t] = x[t * ldx + p]` for `t < tokens`, `p < n`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn transpose_into(x: &[f32], ldx: usize, tokens: usize, n: usize, xt: &mut [f32]) {
+    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
+    // where they occur.
+    unsafe {
+        assert!(n.checked_mul(tokens).is_some_and(|need| xt.len() >= need), "sparse_add: xt too small");
+        if n == 0 || tokens == 0 {
+            return;
+        }
+        assert!(fits(tokens, ldx, n, x.len()), "sparse_add: X too small");
+        let (t8, n8) = (tokens / 8 * 8, n / 8 * 8);
+        let (xp, tp) = (x.as_ptr(), xt.as_mut_ptr());
+        // SAFETY: reads `x[t * ldx + p]` and writes `xt[p * tokens + t]` for `t < tokens`, `p < n`,
+        // both in bounds (asserted above).
+        unsafe {
+            for t0 in (0..t8).step_by(8) {
+                for p0 in (0..n8).step_by(8) {
+                    let mut v = [_mm256_setzero_ps(); 8];
+                    for r in 0..8 {
+                        v[r] = _mm256_loadu_ps(xp.add((t0 + r) * ldx + p0));
+                    }
+                    let t = transpose8(&v);
+                    for q in 0..8 {
+                        _mm256_storeu_ps(tp.add((p0 + q) * tokens + t0), t[q]);
+                    }
+                }
+                for p in n8..n {
+                    for r in 0..8 {
+                        *tp.add(p * tokens + t0 + r) = *xp.add((t0 + r) * ldx + p);
+                    }
+                }
+            }
+            for t in t8..tokens {
+                for p in 0..n {
+                    *tp.add(p * tokens + t) = *xp.add(t * ldx + p);
+                }
+            }
+        }
+    }
+}
+
+/// Column index types of the CSR kernels.
+trait Index: Copy {
+    fn idx(self) -> usize;
+    /// Loads 8 indices as i32 lanes.
+    ///
+    /// # Safety
+    /// `p` is valid for 8 reads; the CPU has AVX2; every index is below 2³¹.
+    unsafe fn load8(p: *const Self) -> __m256i;
+}
+impl Index for u16 {
+    #[inline(always)]
+    fn idx(self) -> usize {
+        self as usize
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const u16) -> __m256i {
+        // SAFETY: `p` is valid for 8 × 2 bytes (contract); AVX2 available (contract).
+        unsafe { _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())) }
+    }
+}
+impl Index for u32 {
+    #[inline(always)]
+    fn idx(self) -> usize {
+        self as usize
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const u32) -> __m256i {
+        // SAFETY: `p` is valid for 8 × 4 bytes (contract); AVX2 available (contract).
+        unsafe { _mm256_loadu_si256(p.cast()) }
+    }
+}
+
+/// Rows of Y computed together by the transposed sparse kernel (the results are written to Y
+/// as `ROWS`-wide row segments, so that each cache line of Y is touched once per group rather
+/// than once per output column: with a row stride that is a multiple of 4 KiB, touching a
+/// column of Y would hit a single cache set).
+const ROWS: usize = 16;
+/// Tokens per block of the transposed sparse kernel (8 ymm accumulators).
+const TOKENS: usize = 64;
+
+/// One CSR row over a block of `8 (U - 1) + last` tokens starting at `t0` (`1 ≤ last ≤ 8`):
+/// `out[t] = Σ_q vals[q] · xt[cols[q] * tokens + t0 + t]`.
+///
+/// # Safety
+/// The CPU has AVX2/FMA/F16C; every `cols[q] < n` where `xt` holds `n * tokens` floats, and
+/// `t0 + 8 (U - 1) + last ≤ tokens`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sparse_row_block<I: Index, V: Elem, const U: usize>(
+    cols: &[I],
+    vals: &[V],
+    xt: *const f32,
+    tokens: usize,
+    t0: usize,
+    last: usize,
+    out: &mut [f32; TOKENS],
+) {
+    // SAFETY: see the module contract and the per-access comments.
+    unsafe {
+        let mask = lane_mask(last);
+        let mut acc = [_mm256_setzero_ps(); U];
+        for (c, v) in cols.iter().zip(vals) {
+            let w = _mm256_set1_ps(v.to_f32());
+            // SAFETY: `c < n` (contract), so the block `[c * tokens + t0, .. + 8(U-1) + last)`
+            // is inside `xt`; the last vector is a masked load of its `last` valid lanes.
+            let base = xt.add(c.idx() * tokens + t0);
+            for u in 0..U - 1 {
+                acc[u] = _mm256_fmadd_ps(w, _mm256_loadu_ps(base.add(8 * u)), acc[u]);
+            }
+            let xl = _mm256_maskload_ps(base.add(8 * (U - 1)), mask);
+            acc[U - 1] = _mm256_fmadd_ps(w, xl, acc[U - 1]);
+        }
+        for u in 0..U {
+            // SAFETY: `out` has TOKENS = 64 ≥ 8 U floats.
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * u), acc[u]);
+        }
+    }
+}
+
+/// `Σ_q vals[q] · x[cols[q]]` with 8-lane gathers.
+///
+/// # Safety
+/// The CPU has AVX2/FMA/F16C; `x` is valid for reads of `n` floats, every `cols[q] < n` and
+/// `n ≤ 2³¹`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sparse_dot<I: Index, V: Elem>(cols: &[I], vals: &[V], x: *const f32) -> f32 {
+    // SAFETY: see the module contract and the per-access comments.
+    unsafe {
+        let len = cols.len().min(vals.len());
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut q = 0;
+        // SAFETY (loop): `q + 8 ≤ len` for both slices; gathered indices are `< n` (contract).
+        while q + 16 <= len {
+            let i0 = I::load8(cols.as_ptr().add(q));
+            let i1 = I::load8(cols.as_ptr().add(q + 8));
+            acc0 = _mm256_fmadd_ps(V::load8(vals.as_ptr().add(q)), _mm256_i32gather_ps::<4>(x, i0), acc0);
+            acc1 = _mm256_fmadd_ps(V::load8(vals.as_ptr().add(q + 8)), _mm256_i32gather_ps::<4>(x, i1), acc1);
+            q += 16;
+        }
+        while q + 8 <= len {
+            let i0 = I::load8(cols.as_ptr().add(q));
+            acc0 = _mm256_fmadd_ps(V::load8(vals.as_ptr().add(q)), _mm256_i32gather_ps::<4>(x, i0), acc0);
+            q += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(acc0, acc1));
+        while q < len {
+            // SAFETY: `cols[q] < n` (contract).
+            s += vals[q].to_f32() * *x.add(cols[q].idx());
+            q += 1;
+        }
+        s
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sparse_add_typed<I: Index, V: Elem>(
+    tokens: usize,
+    row_ptr: &[u32],
+    col_idx: &[I],
+    values: &[V],
+    n: usize,
+    x: &[f32],
+    ldx: usize,
+    y: &mut [f32],
+    ldy: usize,
+    xt: &mut [f32],
+) {
+    // SAFETY: see the module contract and the per-access comments.
+    unsafe {
+        let rows = row_ptr.len() - 1;
+        assert!(fits(tokens, ldy, rows, y.len()), "sparse_add: Y too small");
+        if tokens < 8 {
+            // Few tokens: gather straight from X, one dot product per output.
+            assert!(n <= i32::MAX as usize, "sparse_add: too many columns for 32-bit gathers");
+            assert!(fits(tokens, ldx, n, x.len()), "sparse_add: X too small");
+            for t in 0..tokens {
+                let xr = x.as_ptr().add(t * ldx);
+                for j in 0..rows {
+                    let (s, e) = (row_ptr[j] as usize, row_ptr[j + 1] as usize);
+                    // SAFETY: every index is `< n` (n is one more than the largest) and row `t`
+                    // of X holds `n` floats (asserted).
+                    y[t * ldy + j] += sparse_dot(&col_idx[s..e], &values[s..e], xr);
+                }
+            }
+            return;
+        }
+        transpose_into(x, ldx, tokens, n, xt);
+        let xt = &xt[..n * tokens];
+        let mut out = [[0.0f32; TOKENS]; ROWS];
+        let mut j0 = 0;
+        while j0 < rows {
+            let rg = (rows - j0).min(ROWS);
+            let mut t0 = 0;
+            while t0 < tokens {
+                let tb = (tokens - t0).min(TOKENS);
+                let nv = tb.div_ceil(8);
+                let last = tb - 8 * (nv - 1);
+                for jj in 0..rg {
+                    let j = j0 + jj;
+                    let (s, e) = (row_ptr[j] as usize, row_ptr[j + 1] as usize);
+                    let (cols, vals) = (&col_idx[s..e], &values[s..e]);
+                    let o = &mut out[jj];
+                    let xp = xt.as_ptr();
+                    // SAFETY: every column index is `< n` (`n` is one more than the largest
+                    // index), the token block ends at `t0 + tb ≤ tokens`, and `xt` holds
+                    // `n * tokens` floats.
+                    match nv {
+                        8 => sparse_row_block::<I, V, 8>(cols, vals, xp, tokens, t0, last, o),
+                        7 => sparse_row_block::<I, V, 7>(cols, vals, xp, tokens, t0, last, o),
+                        6 => sparse_row_block::<I, V, 6>(cols, vals, xp, tokens, t0, last, o),
+                        5 => sparse_row_block::<I, V, 5>(cols, vals, xp, tokens, t0, last, o),
+                        4 => sparse_row_block::<I, V, 4>(cols, vals, xp, tokens, t0, last, o),
+                        3 => sparse_row_block::<I, V, 3>(cols, vals, xp, tokens, t0, last, o),
+                        2 => sparse_row_block::<I, V, 2>(cols, vals, xp, tokens, t0, last, o),
+                        _ => sparse_row_block::<I, V, 1>(cols, vals, xp, tokens, t0, last, o),
+                    }
+                }
+                // Y[t0 + t][j0 .. j0 + rg] += out[..rg][t]: 8 × 8 transposes for full blocks.
+                let (t8, r8) = (tb / 8 * 8, rg / 8 * 8);
+                for tt in (0..t8).step_by(8) {
+                    for jj in (0..r8).step_by(8) {
+                        let mut v = [_mm256_setzero_ps(); 8];
+                        for r in 0..8 {
+                            v[r] = _mm256_loadu_ps(out[jj + r].as_ptr().add(tt));
+                        }
+                        let tr = transpose8(&v);
+                        for q in 0..8 {
+                            let yr = &mut y[(t0 + tt + q) * ldy + j0 + jj..][..8];
+                            // SAFETY: `yr` has 8 elements.
+                            let sum = _mm256_add_ps(_mm256_loadu_ps(yr.as_ptr()), tr[q]);
+                            _mm256_storeu_ps(yr.as_mut_ptr(), sum);
+                        }
+                    }
+                }
+                for t in 0..tb {
+                    let yr = &mut y[(t0 + t) * ldy + j0..][..rg];
+                    let first = if t < t8 { r8 } else { 0 };
+                    for jj in first..rg {
+                        yr[jj] += out[jj][t];
+                    }
+                }
+                t0 += tb;
+            }
+            j0 += rg;
+        }
+    }
+}
+
+impl Avx2 {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn layer_norm(
+        self,
+        rows: usize,
+        dim: usize,
+        x: &[f32],
+        ldx: usize,
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        out: &mut [f32],
+        ldo: usize,
+    ) {
+        let (gamma, beta) = (&gamma[..dim], &beta[..dim]);
+        for r in 0..rows {
+            let xr = &x[r * ldx..r * ldx + dim];
+            let or = &mut out[r * ldo..r * ldo + dim];
+            // SAFETY: `self` proves the CPU features.
+            unsafe { layer_norm_row(xr, gamma, beta, eps, or) };
+        }
+    }
+
+    pub(crate) fn softmax_rows(self, rows: usize, cols: usize, x: &mut [f32], ld: usize, scale: f32) {
+        for r in 0..rows {
+            // SAFETY: `self` proves the CPU features.
+            unsafe { softmax_row(&mut x[r * ld..r * ld + cols], scale) };
+        }
+    }
+
+    pub(crate) fn gelu(self, x: &mut [f32]) {
+        // SAFETY: `self` proves the CPU features.
+        unsafe { gelu_slice(x) };
+    }
+
+    pub(crate) fn add_scaled(self, y: &mut [f32], x: &[f32], scale: Option<&[f32]>) {
+        match scale {
+            None => {
+                // SAFETY: `self` proves the CPU features.
+                unsafe { axpy_vec(y, x, None) }
+            }
+            Some(s) => {
+                let d = s.len();
+                for (yc, xc) in y.chunks_mut(d).zip(x.chunks(d)) {
+                    let l = yc.len();
+                    // SAFETY: `self` proves the CPU features.
+                    unsafe { axpy_vec(yc, xc, Some(&s[..l])) };
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn sparse_add(
+        self,
+        tokens: usize,
+        row_ptr: &[u32],
+        col_idx: SparseIndices<'_>,
+        values: WeightSlice<'_>,
+        x: &[f32],
+        ldx: usize,
+        y: &mut [f32],
+        ldy: usize,
+        xt: &mut [f32],
+    ) {
+        if row_ptr.len() < 2 || tokens == 0 {
+            return;
+        }
+        if col_idx.is_empty() {
+            return;
+        }
+        let n = col_idx.min_cols();
+        macro_rules! go {
+            ($i:expr) => {
+                // SAFETY: `self` proves the CPU features.
+                unsafe {
+                    match values {
+                        WeightSlice::F32(v) => sparse_add_typed(tokens, row_ptr, $i, v, n, x, ldx, y, ldy, xt),
+                        WeightSlice::F16(v) => sparse_add_typed(tokens, row_ptr, $i, v, n, x, ldx, y, ldy, xt),
+                        WeightSlice::BF16(v) => sparse_add_typed(tokens, row_ptr, $i, v, n, x, ldx, y, ldy, xt),
+                    }
+                }
+            };
+        }
+        match col_idx {
+            SparseIndices::U16(i) => go!(i),
+            SparseIndices::U32(i) => go!(i),
+        }
+    }
+}
