@@ -38,7 +38,8 @@ fn python_written_file_runs_and_factored_layers_match_their_dense_equivalent() {
 
     // The same model with every factored layer replaced by its effective dense weight.
     let mut dense = model.view();
-    let names: Vec<String> = model.linears().filter(|l| l.info().kind != LinearKind::Dense).map(|l| l.name().to_string()).collect();
+    let names: Vec<String> =
+        model.linears().filter(|l| l.info().kind != LinearKind::Dense).map(|l| l.name().to_string()).collect();
     for name in &names {
         let layer = model.linear(name).unwrap();
         let w = model.effective_weight(layer);

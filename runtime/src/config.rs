@@ -300,7 +300,8 @@ impl Preprocess {
                 .ok_or_else(|| Error::Config("preprocess.input_size entries must be positive integers".to_string()))?;
         }
         let floats = |key: &str| -> Result<Vec<f32>> {
-            let arr = r.get(key)?.as_array().ok_or_else(|| Error::Config(format!("preprocess.{key} must be an array")))?;
+            let arr =
+                r.get(key)?.as_array().ok_or_else(|| Error::Config(format!("preprocess.{key} must be an array")))?;
             let v: Option<Vec<f32>> = arr.iter().map(|x| x.as_f64().map(|f| f as f32)).collect();
             let v = v.ok_or_else(|| Error::Config(format!("preprocess.{key} must hold numbers")))?;
             if v.len() != input_size[0] {

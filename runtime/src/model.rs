@@ -250,7 +250,13 @@ impl CsrMatrix {
     }
 }
 
-fn validate_csr(m: usize, n: usize, row_ptr: &[u32], col_idx: SparseIndices<'_>, nvalues: usize) -> core::result::Result<(), String> {
+fn validate_csr(
+    m: usize,
+    n: usize,
+    row_ptr: &[u32],
+    col_idx: SparseIndices<'_>,
+    nvalues: usize,
+) -> core::result::Result<(), String> {
     if row_ptr.len() != m + 1 {
         return Err(format!("row_ptr has {} entries, expected {}", row_ptr.len(), m + 1));
     }
@@ -262,10 +268,7 @@ fn validate_csr(m: usize, n: usize, row_ptr: &[u32], col_idx: SparseIndices<'_>,
     }
     let nnz = row_ptr[m] as usize;
     if nnz != col_idx.len() || nnz != nvalues {
-        return Err(format!(
-            "row_ptr[m] = {nnz} but there are {} column indices and {nvalues} values",
-            col_idx.len()
-        ));
+        return Err(format!("row_ptr[m] = {nnz} but there are {} column indices and {nvalues} values", col_idx.len()));
     }
     if let Some(q) = (0..col_idx.len()).find(|&q| col_idx.get(q) >= n) {
         return Err(format!("column index {} at position {q} is out of range (n = {n})", col_idx.get(q)));
@@ -332,9 +335,7 @@ impl<'a> Model<'a> {
         let container = Container::parse(storage.bytes())?;
         let mut loader = Loader { c: &container, store: TensorStore::new(storage), used: Vec::new(), vector_bytes: 0 };
         let meta = |key: &str| {
-            container
-                .metadata(key)
-                .ok_or_else(|| Error::Format(format!("metadata key `{key}` is missing")))
+            container.metadata(key).ok_or_else(|| Error::Format(format!("metadata key `{key}` is missing")))
         };
         let format_name = meta("format")?;
         if format_name != FORMAT_NAME {
@@ -362,18 +363,14 @@ impl<'a> Model<'a> {
             .as_array()
             .map(|a| a.iter().map(|v| v.as_str().map(ToOwned::to_owned)).collect())
             .unwrap_or(None);
-        let labels = labels.ok_or_else(|| Error::Format("metadata `labels` must be an array of strings".to_string()))?;
+        let labels =
+            labels.ok_or_else(|| Error::Format("metadata `labels` must be an array of strings".to_string()))?;
         if !labels.is_empty() && labels.len() != config.num_classes {
-            return Err(Error::Format(format!(
-                "{} labels for {} classes",
-                labels.len(),
-                config.num_classes
-            )));
+            return Err(Error::Format(format!("{} labels for {} classes", labels.len(), config.num_classes)));
         }
         let layers = parse_meta("layers")?;
-        let layer_table = layers
-            .as_object()
-            .ok_or_else(|| Error::Format("metadata `layers` must be an object".to_string()))?;
+        let layer_table =
+            layers.as_object().ok_or_else(|| Error::Format("metadata `layers` must be an object".to_string()))?;
 
         let c = &config;
         let d = c.embed_dim;
@@ -431,7 +428,9 @@ impl<'a> Model<'a> {
         expected_layers.sort();
         for (name, _) in layer_table {
             if expected_layers.binary_search(name).is_err() {
-                return Err(Error::Format(format!("layer table names `{name}`, which is not a linear layer of this model")));
+                return Err(Error::Format(format!(
+                    "layer table names `{name}`, which is not a linear layer of this model"
+                )));
             }
         }
         loader.used.sort();
@@ -521,11 +520,9 @@ impl<'a> Model<'a> {
     /// The sparse term of a layer as `(row_ptr, col_idx, values)`.
     pub fn sparse_term(&self, layer: &Linear) -> Option<(&[u32], SparseIndices<'_>, WeightSlice<'_>)> {
         match &layer.repr {
-            LinearRepr::Factored { sparse: Some(s), .. } => Some((
-                self.store.u32s(&s.row_ptr),
-                self.store.indices(&s.col_idx),
-                self.store.weights(&s.values),
-            )),
+            LinearRepr::Factored { sparse: Some(s), .. } => {
+                Some((self.store.u32s(&s.row_ptr), self.store.indices(&s.col_idx), self.store.weights(&s.values)))
+            }
             _ => None,
         }
     }
@@ -581,13 +578,19 @@ impl<'a> Model<'a> {
         let repr = match weights {
             LinearWeights::Dense { weight } => {
                 if weight.len() != m * n {
-                    return Err(Error::Input(format!("weight of `{name}` has {} entries, expected {}", weight.len(), m * n)));
+                    return Err(Error::Input(format!(
+                        "weight of `{name}` has {} entries, expected {}",
+                        weight.len(),
+                        m * n
+                    )));
                 }
                 LinearRepr::Dense(self.store.push_owned(OwnedTensor::F32(weight)))
             }
             LinearWeights::Factored { u, v, rank, sparse } => {
                 if rank == 0 || u.len() != m * rank || v.len() != rank * n {
-                    return Err(Error::Input(format!("factors of `{name}` do not match rank {rank} and shape {m}×{n}")));
+                    return Err(Error::Input(format!(
+                        "factors of `{name}` do not match rank {rank} and shape {m}×{n}"
+                    )));
                 }
                 let sparse = match sparse {
                     None => None,
@@ -621,7 +624,10 @@ impl<'a> Model<'a> {
     /// replacement tensors). Used to derive variants with [`Model::set_linear`].
     pub fn view(&self) -> Model<'_> {
         Model {
-            store: TensorStore { storage: Storage::Borrowed(self.store.storage.bytes()), owned: self.store.owned.clone() },
+            store: TensorStore {
+                storage: Storage::Borrowed(self.store.storage.bytes()),
+                owned: self.store.owned.clone(),
+            },
             config: self.config.clone(),
             preprocess: self.preprocess.clone(),
             labels: self.labels.clone(),
@@ -659,11 +665,7 @@ impl<'a> Model<'a> {
 
     /// Total weight parameters of the block linear layers.
     pub fn block_linear_params(&self) -> usize {
-        self.blocks
-            .iter()
-            .flat_map(|b| [&b.qkv, &b.proj, &b.fc1, &b.fc2])
-            .map(|l| l.info().params)
-            .sum()
+        self.blocks.iter().flat_map(|b| [&b.qkv, &b.proj, &b.fc1, &b.fc2]).map(|l| l.info().params).sum()
     }
 
     /// Total parameters of the model (weights, biases, norms, tokens, position table).
@@ -725,7 +727,11 @@ impl<'c> Loader<'c, '_> {
     fn check_float(t: &TensorInfo) -> Result<()> {
         match t.dtype {
             DType::F32 | DType::F16 | DType::BF16 => Ok(()),
-            other => Err(Error::Dtype { tensor: t.name.clone(), found: other.name().to_string(), expected: "F32, F16 or BF16" }),
+            other => Err(Error::Dtype {
+                tensor: t.name.clone(),
+                found: other.name().to_string(),
+                expected: "F32, F16 or BF16",
+            }),
         }
     }
 
@@ -758,7 +764,10 @@ impl<'c> Loader<'c, '_> {
     }
 
     fn norm(&mut self, prefix: &str, d: usize) -> Result<Norm> {
-        Ok(Norm { weight: self.vector(&format!("{prefix}.weight"), &[d])?, bias: self.vector(&format!("{prefix}.bias"), &[d])? })
+        Ok(Norm {
+            weight: self.vector(&format!("{prefix}.weight"), &[d])?,
+            bias: self.vector(&format!("{prefix}.bias"), &[d])?,
+        })
     }
 
     fn linear(&mut self, name: &str, m: usize, n: usize, table: &[(String, Value)]) -> Result<Linear> {
@@ -788,7 +797,11 @@ impl<'c> Loader<'c, '_> {
                 let u = self.require(&format!("{name}.u"))?;
                 let rank = u.shape.get(1).copied().unwrap_or(0);
                 if rank == 0 {
-                    return Err(Error::Shape { tensor: u.name.clone(), found: u.shape.clone(), expected: alloc::vec![m, 1] });
+                    return Err(Error::Shape {
+                        tensor: u.name.clone(),
+                        found: u.shape.clone(),
+                        expected: alloc::vec![m, 1],
+                    });
                 }
                 if declared("rank") != Some(rank) {
                     return Err(Error::Format(format!(
@@ -802,7 +815,8 @@ impl<'c> Loader<'c, '_> {
                 let v = self.require(&format!("{name}.v"))?;
                 expect_shape(v, &[rank, n])?;
                 let (u, v) = (self.matrix(u)?, self.matrix(v)?);
-                let sparse = if kind == "low_rank_sparse" { Some(self.sparse(name, m, n, declared("nnz"))?) } else { None };
+                let sparse =
+                    if kind == "low_rank_sparse" { Some(self.sparse(name, m, n, declared("nnz"))?) } else { None };
                 LinearRepr::Factored { u, v, rank, sparse }
             }
             other => return Err(Error::Format(format!("layer `{name}` has unknown kind `{other}`"))),
@@ -822,7 +836,11 @@ impl<'c> Loader<'c, '_> {
         expect_shape(rp, &[m + 1])?;
         let ci = self.require(&format!("{name}.sparse.col_idx"))?;
         if !matches!(ci.dtype, DType::U16 | DType::U32) {
-            return Err(Error::Dtype { tensor: ci.name.clone(), found: ci.dtype.name().to_string(), expected: "U16 or U32" });
+            return Err(Error::Dtype {
+                tensor: ci.name.clone(),
+                found: ci.dtype.name().to_string(),
+                expected: "U16 or U32",
+            });
         }
         let vals = self.require(&format!("{name}.sparse.values"))?;
         Self::check_float(vals)?;
@@ -834,7 +852,9 @@ impl<'c> Loader<'c, '_> {
             });
         }
         if declared_nnz != Some(nnz) {
-            return Err(Error::Format(format!("layer `{name}`: table declares nnz {declared_nnz:?} but {nnz} are stored")));
+            return Err(Error::Format(format!(
+                "layer `{name}`: table declares nnz {declared_nnz:?} but {nnz} are stored"
+            )));
         }
         let row_ptr = self.place_index(rp)?;
         let col_idx = self.place_index(ci)?;

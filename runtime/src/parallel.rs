@@ -33,11 +33,8 @@ impl Exec {
     pub fn new(threads: usize) -> Exec {
         #[cfg(feature = "std")]
         {
-            let threads = if threads == 0 {
-                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-            } else {
-                threads
-            };
+            let threads =
+                if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
             if threads <= 1 {
                 return Exec::serial();
             }

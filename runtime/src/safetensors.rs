@@ -135,14 +135,15 @@ pub struct Container {
 impl Container {
     /// Parses and validates the header of `bytes` (the whole file).
     pub fn parse(bytes: &[u8]) -> Result<Container> {
-        let prefix: [u8; 8] = bytes
-            .get(..8)
-            .and_then(|s| s.try_into().ok())
-            .ok_or_else(|| Error::Container(format!("file is {} bytes, shorter than the 8-byte size prefix", bytes.len())))?;
+        let prefix: [u8; 8] = bytes.get(..8).and_then(|s| s.try_into().ok()).ok_or_else(|| {
+            Error::Container(format!("file is {} bytes, shorter than the 8-byte size prefix", bytes.len()))
+        })?;
         let header_len = u64::from_le_bytes(prefix);
         let header_len = usize::try_from(header_len).map_err(|_| Error::Overflow("header length"))?;
         if header_len > MAX_HEADER_BYTES {
-            return Err(Error::Container(format!("header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit")));
+            return Err(Error::Container(format!(
+                "header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit"
+            )));
         }
         let data_start = header_len.checked_add(8).ok_or(Error::Overflow("header end"))?;
         let header = bytes.get(8..data_start).ok_or_else(|| {
@@ -155,9 +156,8 @@ impl Container {
         let mut metadata = Vec::new();
         for (name, entry) in members {
             if name == "__metadata__" {
-                let obj = entry
-                    .as_object()
-                    .ok_or_else(|| Error::Container("__metadata__ is not an object".to_owned()))?;
+                let obj =
+                    entry.as_object().ok_or_else(|| Error::Container("__metadata__ is not an object".to_owned()))?;
                 for (k, v) in obj {
                     let s = v
                         .as_str()
@@ -212,15 +212,15 @@ fn parse_entry(name: &str, entry: &Value, data_start: usize, data_len: usize) ->
     }
     let nbytes = numel.checked_mul(dtype.size()).ok_or(Error::Overflow("tensor byte size"))?;
     if end - begin != nbytes {
-        return Err(bad(&format!("{} bytes stored but shape {:?} of {} needs {}", end - begin, shape, dtype.name(), nbytes)));
+        return Err(bad(&format!(
+            "{} bytes stored but shape {:?} of {} needs {}",
+            end - begin,
+            shape,
+            dtype.name(),
+            nbytes
+        )));
     }
-    Ok(TensorInfo {
-        name: name.to_owned(),
-        dtype,
-        shape,
-        start: data_start + begin,
-        end: data_start + end,
-    })
+    Ok(TensorInfo { name: name.to_owned(), dtype, shape, start: data_start + begin, end: data_start + end })
 }
 
 #[cfg(test)]

@@ -207,19 +207,30 @@ impl<'m, 'a> Session<'m, 'a> {
             grid,
             tokens,
             pos,
-            patches: zeroed(mul(batch * grid[0] * grid[1], model.patch_embed.in_features, "patch buffer")?, "patch buffer")?,
+            patches: zeroed(
+                mul(batch * grid[0] * grid[1], model.patch_embed.in_features, "patch buffer")?,
+                "patch buffer",
+            )?,
             x: zeroed(mul(rows, d, "residual buffer")?, "residual buffer")?,
             xn: zeroed(rows * d, "norm buffer")?,
             qkv: zeroed(mul(rows, 3 * d, "qkv buffer")?, "qkv buffer")?,
             ctx: zeroed(rows * d, "attention buffer")?,
             hidden: zeroed(mul(rows, c.mlp_hidden, "mlp buffer")?, "mlp buffer")?,
             low_rank: zeroed(mul(rows, ext.max_rank, "low-rank buffer")?, "low-rank buffer")?,
-            lin_out: if ext.max_sparse_in > 0 { zeroed(mul(rows, ext.max_out, "sparse buffer")?, "sparse buffer")? } else { Vec::new() },
+            lin_out: if ext.max_sparse_in > 0 {
+                zeroed(mul(rows, ext.max_out, "sparse buffer")?, "sparse buffer")?
+            } else {
+                Vec::new()
+            },
             xt: zeroed(mul(rows, ext.max_sparse_in, "sparse buffer")?, "sparse buffer")?,
             last_hidden: if c.final_norm { zeroed(rows * d, "output buffer")? } else { Vec::new() },
             pooled: zeroed(batch * d, "output buffer")?,
             logits: zeroed(batch * num_classes, "output buffer")?,
-            logits_dist: if c.head == Head::Distilled { zeroed(batch * num_classes, "output buffer")? } else { Vec::new() },
+            logits_dist: if c.head == Head::Distilled {
+                zeroed(batch * num_classes, "output buffer")?
+            } else {
+                Vec::new()
+            },
             scratch,
             scores,
             exec,
@@ -426,7 +437,18 @@ impl<'m, 'a> Session<'m, 'a> {
         let (rows, d) = (self.rows(), c.embed_dim);
         let backend = self.backend;
 
-        kernels::layer_norm(backend, rows, d, &self.x, d, &block.norm1.weight, &block.norm1.bias, c.layer_norm_eps, &mut self.xn, d);
+        kernels::layer_norm(
+            backend,
+            rows,
+            d,
+            &self.x,
+            d,
+            &block.norm1.weight,
+            &block.norm1.bias,
+            c.layer_norm_eps,
+            &mut self.xn,
+            d,
+        );
         observer.linear_input(i, BlockLinear::Qkv, &self.xn[..rows * d], rows, d);
         let mut bufs = LinearBuffers { low_rank: &mut self.low_rank, lin_out: &mut self.lin_out, xt: &mut self.xt };
         apply_linear(
@@ -445,15 +467,59 @@ impl<'m, 'a> Session<'m, 'a> {
         observer.linear_input(i, BlockLinear::Proj, &self.ctx[..rows * d], rows, d);
         let residual = Epilogue { accumulate: true, scale: block.ls1.as_deref(), ..Epilogue::default() };
         let mut bufs = LinearBuffers { low_rank: &mut self.low_rank, lin_out: &mut self.lin_out, xt: &mut self.xt };
-        apply_linear(model, backend, &self.exec, &mut self.scratch, &block.proj, rows, &self.ctx, &mut self.x, residual, &mut bufs);
+        apply_linear(
+            model,
+            backend,
+            &self.exec,
+            &mut self.scratch,
+            &block.proj,
+            rows,
+            &self.ctx,
+            &mut self.x,
+            residual,
+            &mut bufs,
+        );
 
-        kernels::layer_norm(backend, rows, d, &self.x, d, &block.norm2.weight, &block.norm2.bias, c.layer_norm_eps, &mut self.xn, d);
+        kernels::layer_norm(
+            backend,
+            rows,
+            d,
+            &self.x,
+            d,
+            &block.norm2.weight,
+            &block.norm2.bias,
+            c.layer_norm_eps,
+            &mut self.xn,
+            d,
+        );
         observer.linear_input(i, BlockLinear::Fc1, &self.xn[..rows * d], rows, d);
         let gelu = Epilogue { gelu: true, ..Epilogue::default() };
-        apply_linear(model, backend, &self.exec, &mut self.scratch, &block.fc1, rows, &self.xn, &mut self.hidden, gelu, &mut bufs);
+        apply_linear(
+            model,
+            backend,
+            &self.exec,
+            &mut self.scratch,
+            &block.fc1,
+            rows,
+            &self.xn,
+            &mut self.hidden,
+            gelu,
+            &mut bufs,
+        );
         observer.linear_input(i, BlockLinear::Fc2, &self.hidden[..rows * c.mlp_hidden], rows, c.mlp_hidden);
         let residual = Epilogue { accumulate: true, scale: block.ls2.as_deref(), ..Epilogue::default() };
-        apply_linear(model, backend, &self.exec, &mut self.scratch, &block.fc2, rows, &self.hidden, &mut self.x, residual, &mut bufs);
+        apply_linear(
+            model,
+            backend,
+            &self.exec,
+            &mut self.scratch,
+            &block.fc2,
+            rows,
+            &self.hidden,
+            &mut self.x,
+            residual,
+            &mut bufs,
+        );
         observer.block_output(i, &self.x[..rows * d], rows, d);
     }
 
@@ -509,7 +575,13 @@ impl<'m, 'a> Session<'m, 'a> {
                             m: qn,
                             a: q,
                             lda: 3 * d,
-                            b: MatB { data: WeightSlice::F32(kmat), k: dh, n: t, layout: kernels::BLayout::NK, ld: 3 * d },
+                            b: MatB {
+                                data: WeightSlice::F32(kmat),
+                                k: dh,
+                                n: t,
+                                layout: kernels::BLayout::NK,
+                                ld: 3 * d,
+                            },
                             c: scores,
                             ldc: t,
                             epilogue: Epilogue::default(),
@@ -524,7 +596,13 @@ impl<'m, 'a> Session<'m, 'a> {
                             m: qn,
                             a: scores,
                             lda: t,
-                            b: MatB { data: WeightSlice::F32(vmat), k: t, n: dh, layout: kernels::BLayout::KN, ld: 3 * d },
+                            b: MatB {
+                                data: WeightSlice::F32(vmat),
+                                k: t,
+                                n: dh,
+                                layout: kernels::BLayout::KN,
+                                ld: 3 * d,
+                            },
                             c: out,
                             ldc: d,
                             epilogue: Epilogue::default(),
@@ -543,7 +621,18 @@ impl<'m, 'a> Session<'m, 'a> {
         let rows = n * t;
         let backend = self.backend;
         if let Some(norm) = &model.norm {
-            kernels::layer_norm(backend, rows, d, &self.x, d, &norm.weight, &norm.bias, c.layer_norm_eps, &mut self.last_hidden, d);
+            kernels::layer_norm(
+                backend,
+                rows,
+                d,
+                &self.x,
+                d,
+                &norm.weight,
+                &norm.bias,
+                c.layer_norm_eps,
+                &mut self.last_hidden,
+                d,
+            );
         }
         let hidden: &[f32] = if model.norm.is_some() { &self.last_hidden[..rows * d] } else { &self.x[..rows * d] };
         let prefix = c.num_prefix_tokens();
@@ -571,14 +660,50 @@ impl<'m, 'a> Session<'m, 'a> {
             Head::None => {}
             Head::Linear => {
                 let head = model.head.as_ref().expect("validated: linear head present");
-                apply_linear_strided(model, backend, &self.exec, &mut self.scratch, head, n, &self.pooled, d, &mut self.logits, Epilogue::default(), &mut bufs);
+                apply_linear_strided(
+                    model,
+                    backend,
+                    &self.exec,
+                    &mut self.scratch,
+                    head,
+                    n,
+                    &self.pooled,
+                    d,
+                    &mut self.logits,
+                    Epilogue::default(),
+                    &mut bufs,
+                );
             }
             Head::Distilled => {
                 let head = model.head.as_ref().expect("validated: head present");
                 let head_dist = model.head_dist.as_ref().expect("validated: head_dist present");
                 // Rows are token 0 (class) and token 1 (distillation) of each image: stride t·d.
-                apply_linear_strided(model, backend, &self.exec, &mut self.scratch, head, n, hidden, t * d, &mut self.logits, Epilogue::default(), &mut bufs);
-                apply_linear_strided(model, backend, &self.exec, &mut self.scratch, head_dist, n, &hidden[d..], t * d, &mut self.logits_dist, Epilogue::default(), &mut bufs);
+                apply_linear_strided(
+                    model,
+                    backend,
+                    &self.exec,
+                    &mut self.scratch,
+                    head,
+                    n,
+                    hidden,
+                    t * d,
+                    &mut self.logits,
+                    Epilogue::default(),
+                    &mut bufs,
+                );
+                apply_linear_strided(
+                    model,
+                    backend,
+                    &self.exec,
+                    &mut self.scratch,
+                    head_dist,
+                    n,
+                    &hidden[d..],
+                    t * d,
+                    &mut self.logits_dist,
+                    Epilogue::default(),
+                    &mut bufs,
+                );
                 for (a, b) in self.logits[..n * k].iter_mut().zip(&self.logits_dist[..n * k]) {
                     *a = (*a + *b) * 0.5;
                 }
@@ -649,18 +774,33 @@ fn apply_linear_strided(
         LinearRepr::Dense(w) => {
             let ep = Epilogue { bias, ..epilogue };
             let b = MatB::weight(model.store.weights(w), m, n);
-            kernels::gemm_parallel(backend, exec, scratch, Gemm { m: rows, a: input, lda, b, c: out, ldc: m, epilogue: ep });
+            kernels::gemm_parallel(
+                backend,
+                exec,
+                scratch,
+                Gemm { m: rows, a: input, lda, b, c: out, ldc: m, epilogue: ep },
+            );
         }
         LinearRepr::Factored { u, v, rank, sparse } => {
             let r = *rank;
             let tmp = &mut bufs.low_rank[..rows * r];
             let vb = MatB::weight(model.store.weights(v), r, n);
-            kernels::gemm_parallel(backend, exec, scratch, Gemm { m: rows, a: input, lda, b: vb, c: tmp, ldc: r, epilogue: Epilogue::default() });
+            kernels::gemm_parallel(
+                backend,
+                exec,
+                scratch,
+                Gemm { m: rows, a: input, lda, b: vb, c: tmp, ldc: r, epilogue: Epilogue::default() },
+            );
             let ub = MatB::weight(model.store.weights(u), m, r);
             match sparse {
                 None => {
                     let ep = Epilogue { bias, ..epilogue };
-                    kernels::gemm_parallel(backend, exec, scratch, Gemm { m: rows, a: tmp, lda: r, b: ub, c: out, ldc: m, epilogue: ep });
+                    kernels::gemm_parallel(
+                        backend,
+                        exec,
+                        scratch,
+                        Gemm { m: rows, a: tmp, lda: r, b: ub, c: out, ldc: m, epilogue: ep },
+                    );
                 }
                 Some(s) => {
                     // y = (x·Vᵀ)·Uᵀ + b, then y += x·Sᵀ, then the activation / residual add.
@@ -669,7 +809,12 @@ fn apply_linear_strided(
                         (model.store.u32s(&s.row_ptr), model.store.indices(&s.col_idx), model.store.weights(&s.values));
                     let y: &mut [f32] = if plain { out } else { &mut bufs.lin_out[..rows * m] };
                     let ep = Epilogue { bias, ..Epilogue::default() };
-                    kernels::gemm_parallel(backend, exec, scratch, Gemm { m: rows, a: tmp, lda: r, b: ub, c: y, ldc: m, epilogue: ep });
+                    kernels::gemm_parallel(
+                        backend,
+                        exec,
+                        scratch,
+                        Gemm { m: rows, a: tmp, lda: r, b: ub, c: y, ldc: m, epilogue: ep },
+                    );
                     kernels::sparse_add(backend, rows, row_ptr, col_idx, values, input, lda, y, m, bufs.xt);
                     if !plain {
                         let y = &mut bufs.lin_out[..rows * m];

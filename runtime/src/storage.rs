@@ -169,8 +169,12 @@ impl<'a> TensorStore<'a> {
     /// A U16 or U32 index tensor.
     pub(crate) fn indices(&self, t: &TensorPlace) -> SparseIndices<'_> {
         match (t.dtype, t.place) {
-            (DType::U16, Place::File { start, end }) => SparseIndices::U16(bytemuck::cast_slice(self.file_bytes(start, end))),
-            (DType::U32, Place::File { start, end }) => SparseIndices::U32(bytemuck::cast_slice(self.file_bytes(start, end))),
+            (DType::U16, Place::File { start, end }) => {
+                SparseIndices::U16(bytemuck::cast_slice(self.file_bytes(start, end)))
+            }
+            (DType::U32, Place::File { start, end }) => {
+                SparseIndices::U32(bytemuck::cast_slice(self.file_bytes(start, end)))
+            }
             (_, Place::Owned(i)) => match &self.owned[i] {
                 OwnedTensor::U16(v) => SparseIndices::U16(v),
                 OwnedTensor::U32(v) => SparseIndices::U32(v),

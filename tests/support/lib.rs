@@ -84,7 +84,9 @@ pub fn write_f32_tensors(path: &Path, tensors: &[(&str, &[usize], &[f32])]) {
         if i > 0 {
             header.push(',');
         }
-        header.push_str(&format!("\"{name}\":{{\"dtype\":\"F32\",\"shape\":{shape:?},\"data_offsets\":[{offset},{end}]}}"));
+        header.push_str(&format!(
+            "\"{name}\":{{\"dtype\":\"F32\",\"shape\":{shape:?},\"data_offsets\":[{offset},{end}]}}"
+        ));
         offset = end;
     }
     header.push('}');
@@ -108,15 +110,18 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Index of the largest value of each row of a `[rows, cols]` matrix.
 pub fn argmax_rows(x: &[f32], cols: usize) -> Vec<usize> {
     x.chunks(cols)
-        .map(|r| r.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) })
+                .0
+        })
         .collect()
 }
 
 /// A fresh temporary directory under the target dir (removed by the caller if it wants).
 pub fn temp_dir(tag: &str) -> PathBuf {
-    let base = std::env::var_os("CARGO_TARGET_TMPDIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
+    let base = std::env::var_os("CARGO_TARGET_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
     let dir = base.join(format!("factorvit-{tag}-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -144,7 +149,9 @@ impl RawFile {
         let mut tensors: Vec<_> = c
             .tensors()
             .iter()
-            .map(|t| (t.name.clone(), t.dtype.name().to_string(), t.shape.clone(), bytes[t.start..t.end].to_vec(), t.start))
+            .map(|t| {
+                (t.name.clone(), t.dtype.name().to_string(), t.shape.clone(), bytes[t.start..t.end].to_vec(), t.start)
+            })
             .collect();
         tensors.sort_by_key(|t| t.4);
         RawFile {
@@ -167,7 +174,10 @@ impl RawFile {
         let mut offset = 0;
         for (name, dtype, shape, data) in &self.tensors {
             let end = offset + data.len();
-            header.push_str(&format!(",{}:{{\"dtype\":\"{dtype}\",\"shape\":{shape:?},\"data_offsets\":[{offset},{end}]}}", esc(name)));
+            header.push_str(&format!(
+                ",{}:{{\"dtype\":\"{dtype}\",\"shape\":{shape:?},\"data_offsets\":[{offset},{end}]}}",
+                esc(name)
+            ));
             offset = end;
         }
         header.push('}');
