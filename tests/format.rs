@@ -123,7 +123,7 @@ fn bad_files_give_errors_that_name_the_problem() {
 
     let mut f = good.clone();
     f.tensor_mut("blocks.0.norm1.weight").1 = "I32".into();
-    f.tensor_mut("blocks.0.norm1.weight").2 = vec![4];
+    f.tensor_mut("blocks.0.norm1.weight").2 = vec![8];
     assert!(matches!(load_err(&f), Error::Dtype { tensor, .. } if tensor == "blocks.0.norm1.weight"));
 
     let mut f = good.clone();

@@ -1,8 +1,11 @@
 //! Real trained models against the outputs of the libraries that trained them.
 //!
-//! * `fmnist-deit-tiny` (bundled): reproduce timm's logits of the first 512 Fashion-MNIST test
-//!   images: argmax identical, max-abs < 1e-3 (the bar; float16 weights computed in f32,
-//!   twelve blocks deep, with logits of magnitude ~10: observed ~1e-5).
+//! * `fmnist-deit-tiny` (bundled): timm's logits of the first 512 Fashion-MNIST test images,
+//!   argmax identical. Those reference logits were computed on a GPU and are themselves up to
+//!   1.3e-3 away from the exact result (shown by `tests/python/vit_f64_reference.py`, a float64
+//!   numpy forward pass), so the max-abs bar against them is 3e-3 (observed 2.1e-3), and the
+//!   runtime is held to 1e-4 against the exact float64 logits of the first 64 images (observed
+//!   2.9e-6).
 //! * `dinov2-small-imgfocus` (real pretrained DINOv2-S/14, f16, 224×224 inputs so the 37×37
 //!   position table is resampled bicubically): `last_hidden_state` and `pooler_output` within
 //!   5e-4 of transformers.
@@ -21,7 +24,7 @@ fn convert(dir: &std::path::Path) -> Vec<u8> {
 
 /// Runs the first `n` bundled test images through `model_dir` and compares with the reference
 /// logits stored next to it.
-fn check_fmnist_logits(model_dir: &std::path::Path, threads: usize) {
+fn check_fmnist_logits(model_dir: &std::path::Path, threads: usize) -> Vec<f32> {
     let bytes = convert(model_dir);
     let model = Model::from_bytes(&bytes).unwrap();
     let reference = read_tensors(&model_dir.join("test_logits_first512.safetensors"));
@@ -39,15 +42,20 @@ fn check_fmnist_logits(model_dir: &std::path::Path, threads: usize) {
         got.extend_from_slice(session.run(chunk).unwrap().logits.unwrap());
     }
     let diff = max_abs_diff(&got, &want.data);
-    assert!(diff < 1e-3, "{}: logits differ by {diff:e}", model_dir.display());
     assert_eq!(argmax_rows(&got, k), argmax_rows(&want.data, k), "{}: a prediction differs", model_dir.display());
-    eprintln!("{}: {n} images, max-abs logit difference {diff:.2e}, argmax identical", model_dir.display());
+    assert!(diff < 3e-3, "{}: logits differ by {diff:e}", model_dir.display());
+    eprintln!("{}: {n} images, max-abs logit difference {diff:.2e} vs timm, argmax identical", model_dir.display());
+    got
 }
 
 #[test]
 fn fmnist_deit_tiny_reproduces_timm_logits() {
     let dir = model_dir("fmnist-deit-tiny").expect("bundled model");
-    check_fmnist_logits(&dir, 2);
+    let got = check_fmnist_logits(&dir, 2);
+    let exact = read_tensor(&fixture_dir("fmnist-deit-tiny-f64").join("logits_first64.safetensors"), "logits");
+    let diff = max_abs_diff(&got[..exact.data.len()], &exact.data);
+    eprintln!("fmnist-deit-tiny: max-abs difference {diff:.2e} vs the float64 reference");
+    assert!(diff < 1e-4, "logits differ from the exact float64 logits by {diff:e}");
 }
 
 #[test]

@@ -51,7 +51,7 @@ pub struct F32Tensor {
     pub data: Vec<f32>,
 }
 
-/// Reads every float tensor of a safetensors file as f32 (F32, F16 and BF16 are converted).
+/// Reads every float tensor of a safetensors file as f32 (F16, BF16 and F64 are converted).
 pub fn read_tensors(path: &Path) -> BTreeMap<String, F32Tensor> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let c = Container::parse(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -62,6 +62,7 @@ pub fn read_tensors(path: &Path) -> BTreeMap<String, F32Tensor> {
             DType::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             DType::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             DType::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            DType::F64 => raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
             _ => continue,
         };
         out.insert(t.name.clone(), F32Tensor { shape: t.shape.clone(), data });
