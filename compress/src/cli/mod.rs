@@ -6,6 +6,7 @@
 //! and a match arm in [`dispatch`]. Planned: `compress`, `eval`, `inspect`, `bench`, `run`,
 //! `demo`.
 
+mod bench_cmd;
 mod compress_cmd;
 mod convert;
 mod error;
@@ -85,6 +86,9 @@ enum Command {
     /// Per-layer table of a model: kinds, ranks, sizes
     #[command(after_help = inspect_cmd::AFTER_HELP)]
     Inspect(inspect_cmd::Args),
+    /// Latency, throughput and memory traffic of a model, or two side by side
+    #[command(after_help = bench_cmd::AFTER_HELP)]
+    Bench(bench_cmd::Args),
 }
 
 fn dispatch(cli: &Cli) -> Result<(), CliError> {
@@ -94,6 +98,7 @@ fn dispatch(cli: &Cli) -> Result<(), CliError> {
         Command::Compress(args) => compress_cmd::run(args, &cli.global),
         Command::Eval(args) => eval_cmd::run(args, &cli.global),
         Command::Inspect(args) => inspect_cmd::run(args, &cli.global),
+        Command::Bench(args) => bench_cmd::run(args, &cli.global),
     }
 }
 
