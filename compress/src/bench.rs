@@ -73,7 +73,12 @@ impl Default for BenchOptions {
 }
 
 /// Benchmarks `model` on a fixed pseudo-random input at its trained size.
-pub fn bench_model(label: &str, model: &Model<'_>, file_bytes: u64, opts: &BenchOptions) -> factorvit::Result<BenchReport> {
+pub fn bench_model(
+    label: &str,
+    model: &Model<'_>,
+    file_bytes: u64,
+    opts: &BenchOptions,
+) -> factorvit::Result<BenchReport> {
     let mut session = model.session(SessionOptions { threads: opts.threads, batch: opts.batch, image_size: [0, 0] })?;
     let c = model.config();
     let [h, w] = session.image_size();

@@ -24,18 +24,8 @@ fn fmnist_preprocess() -> Preprocess {
     }
 }
 
-const CLASSES: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+const CLASSES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
 /// The `indices_json` metadata entry of a bundle file.
 fn recorded_indices(path: &Path) -> Vec<usize> {
@@ -47,23 +37,14 @@ fn recorded_indices(path: &Path) -> Vec<usize> {
 #[test]
 fn bundle_loads() {
     let pre = fmnist_preprocess();
-    for (name, n) in [
-        ("fmnist-calib.safetensors", 512),
-        ("fmnist-test.safetensors", 1000),
-    ] {
+    for (name, n) in [("fmnist-calib.safetensors", 512), ("fmnist-test.safetensors", 1000)] {
         let ds = load_dataset(&data_dir().join(name), &pre, &LoadOptions::default()).unwrap();
         assert_eq!((ds.n, ds.c, ds.h, ds.w), (n, 1, 28, 28), "{name}");
         let labels = ds.labels.as_ref().unwrap();
         assert!(labels.iter().all(|&l| l < 10));
         // Every class is represented.
         assert!((0..10).all(|c| labels.contains(&c)), "{name}");
-        let names: Vec<&str> = ds
-            .class_names
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(String::as_str)
-            .collect();
+        let names: Vec<&str> = ds.class_names.as_ref().unwrap().iter().map(String::as_str).collect();
         assert_eq!(names, CLASSES);
         let lo = (0.0 - 0.286f32) / 0.353;
         let hi = (1.0 - 0.286f32) / 0.353;
@@ -81,17 +62,8 @@ fn bundle_matches_the_idx_source() {
     }
     let pre = fmnist_preprocess();
     // Test bundle = the first 1000 t10k images.
-    let bundle = load_dataset(
-        &data_dir().join("fmnist-test.safetensors"),
-        &pre,
-        &LoadOptions::default(),
-    )
-    .unwrap();
-    let opts = LoadOptions {
-        split: Split::Test,
-        limit: Some(1000),
-        ..LoadOptions::default()
-    };
+    let bundle = load_dataset(&data_dir().join("fmnist-test.safetensors"), &pre, &LoadOptions::default()).unwrap();
+    let opts = LoadOptions { split: Split::Test, limit: Some(1000), ..LoadOptions::default() };
     let source = load_dataset(dir, &pre, &opts).unwrap();
     assert_eq!(bundle.labels, source.labels);
     assert_eq!(bundle.pixel_values, source.pixel_values);
@@ -108,10 +80,7 @@ fn bundle_matches_the_idx_source() {
     for (k, &i) in indices.iter().enumerate() {
         assert_eq!(calib_labels[k], labels[i], "sample {k} (train index {i})");
         let pixels = &images.data()[i * h * w..(i + 1) * h * w];
-        let expected: Vec<f32> = pixels
-            .iter()
-            .map(|&v| (f32::from(v) / 255.0 - 0.286) / 0.353)
-            .collect();
+        let expected: Vec<f32> = pixels.iter().map(|&v| (f32::from(v) / 255.0 - 0.286) / 0.353).collect();
         assert_eq!(calib.sample(k), expected.as_slice(), "sample {k}");
     }
 }

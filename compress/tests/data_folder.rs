@@ -27,9 +27,7 @@ impl Drop for TempDir {
 fn png(path: &Path, w: u32, h: u32, seed: u64) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let mut rng = Rng::new(seed);
-    let img = image::RgbImage::from_fn(w, h, |_, _| {
-        image::Rgb([rng.below(256) as u8, rng.below(256) as u8, 7])
-    });
+    let img = image::RgbImage::from_fn(w, h, |_, _| image::Rgb([rng.below(256) as u8, rng.below(256) as u8, 7]));
     img.save_with_format(path, image::ImageFormat::Png).unwrap();
 }
 
@@ -44,15 +42,7 @@ fn small_preprocess() -> Preprocess {
 }
 
 fn names(files: &[PathBuf], root: &Path) -> Vec<String> {
-    files
-        .iter()
-        .map(|f| {
-            f.strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .replace('\\', "/")
-        })
-        .collect()
+    files.iter().map(|f| f.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/")).collect()
 }
 
 #[test]
@@ -69,14 +59,8 @@ fn class_folders_follow_image_folder_conventions() {
 
     let listing = list_image_folder(root, None).unwrap();
     // Classes sorted; files per directory sorted, directories in os.walk-sorted order.
-    assert_eq!(
-        listing.class_names.as_deref(),
-        Some(&["cat".to_string(), "dog".to_string()][..])
-    );
-    assert_eq!(
-        names(&listing.files, root),
-        ["cat/c.png", "dog/a.PNG", "dog/b.png", "dog/z/deep.png"]
-    );
+    assert_eq!(listing.class_names.as_deref(), Some(&["cat".to_string(), "dog".to_string()][..]));
+    assert_eq!(names(&listing.files, root), ["cat/c.png", "dog/a.PNG", "dog/b.png", "dog/z/deep.png"]);
     assert_eq!(listing.labels.as_deref(), Some(&[0, 1, 1, 1][..]));
 
     let pre = small_preprocess();
@@ -85,21 +69,12 @@ fn class_folders_follow_image_folder_conventions() {
     assert_eq!(ds.labels.as_deref(), Some(&[0, 1, 1, 1][..]));
     for (i, file) in listing.files.iter().enumerate() {
         let img = load_image_u8(file).unwrap();
-        assert_eq!(
-            ds.sample(i),
-            preprocess_image(img.view(), &pre).unwrap().as_slice()
-        );
+        assert_eq!(ds.sample(i), preprocess_image(img.view(), &pre).unwrap().as_slice());
     }
 
     // Against the model's label list: folder names matched, labels index the model's list.
-    let labels: Vec<String> = ["tench", "Cat", "goldfish", "dog, domestic dog"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let opts = LoadOptions {
-        class_names: Some(labels.clone()),
-        ..LoadOptions::default()
-    };
+    let labels: Vec<String> = ["tench", "Cat", "goldfish", "dog, domestic dog"].iter().map(|s| s.to_string()).collect();
+    let opts = LoadOptions { class_names: Some(labels.clone()), ..LoadOptions::default() };
     let ds = load_dataset(root, &pre, &opts).unwrap();
     assert_eq!(ds.labels.as_deref(), Some(&[1, 3, 3, 3][..]));
     assert_eq!(ds.class_names, Some(labels));
@@ -126,26 +101,17 @@ fn flat_folder_is_unlabelled_and_bad_layouts_are_errors() {
 
     // Mixed layout.
     png(&root.join("sub/c.png"), 20, 20, 3);
-    assert!(matches!(
-        list_image_folder(root, None),
-        Err(DataError::Folder { .. })
-    ));
+    assert!(matches!(list_image_folder(root, None), Err(DataError::Folder { .. })));
 
     // Empty class folder.
     let dir2 = TempDir::new("folder-empty-class");
     png(&dir2.0.join("a/x.png"), 20, 20, 1);
     std::fs::create_dir_all(dir2.0.join("b")).unwrap();
-    assert!(matches!(
-        list_image_folder(&dir2.0, None),
-        Err(DataError::Folder { .. })
-    ));
+    assert!(matches!(list_image_folder(&dir2.0, None), Err(DataError::Folder { .. })));
 
     // Nothing at all.
     let dir3 = TempDir::new("folder-nothing");
-    assert!(matches!(
-        list_image_folder(&dir3.0, None),
-        Err(DataError::Empty { .. })
-    ));
+    assert!(matches!(list_image_folder(&dir3.0, None), Err(DataError::Empty { .. })));
 
     // A corrupt image names the file.
     let dir4 = TempDir::new("folder-corrupt");

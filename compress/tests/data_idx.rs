@@ -56,18 +56,8 @@ fn round_trip() {
     assert_eq!(array.dims(), &[2, 3, 4]);
     assert_eq!(array.data(), data.as_slice());
     // Rank 0 (a scalar) and an empty dimension are valid idx.
-    assert_eq!(
-        IdxArray::parse(encode_idx_u8(&[], &[9]).unwrap())
-            .unwrap()
-            .data(),
-        &[9]
-    );
-    assert_eq!(
-        IdxArray::parse(encode_idx_u8(&[0, 28, 28], &[]).unwrap())
-            .unwrap()
-            .dims(),
-        &[0, 28, 28]
-    );
+    assert_eq!(IdxArray::parse(encode_idx_u8(&[], &[9]).unwrap()).unwrap().data(), &[9]);
+    assert_eq!(IdxArray::parse(encode_idx_u8(&[0, 28, 28], &[]).unwrap()).unwrap().dims(), &[0, 28, 28]);
     assert!(encode_idx_u8(&[2, 2], &[0; 3]).is_none());
 }
 
@@ -75,32 +65,12 @@ fn round_trip() {
 fn corrupt_files_give_typed_errors() {
     let good = encode_idx_u8(&[2, 3, 4], &[1; 24]).unwrap();
     assert_eq!(problem(vec![0, 0]), IdxProblem::TooShort { len: 2 });
-    assert_eq!(
-        problem(vec![0x1f, 0x8b, 8, 0, 1, 2]),
-        IdxProblem::BadMagic {
-            found: [0x1f, 0x8b, 8, 0]
-        }
-    );
-    assert_eq!(
-        problem(vec![0, 0, 0x07, 1, 0, 0, 0, 0]),
-        IdxProblem::UnknownType { code: 0x07 }
-    );
+    assert_eq!(problem(vec![0x1f, 0x8b, 8, 0, 1, 2]), IdxProblem::BadMagic { found: [0x1f, 0x8b, 8, 0] });
+    assert_eq!(problem(vec![0, 0, 0x07, 1, 0, 0, 0, 0]), IdxProblem::UnknownType { code: 0x07 });
     // Header cut inside the dimensions.
-    assert_eq!(
-        problem(good[..9].to_vec()),
-        IdxProblem::Truncated {
-            needed: 16,
-            available: 9
-        }
-    );
+    assert_eq!(problem(good[..9].to_vec()), IdxProblem::Truncated { needed: 16, available: 9 });
     // Data cut short.
-    assert_eq!(
-        problem(good[..30].to_vec()),
-        IdxProblem::Truncated {
-            needed: 40,
-            available: 30
-        }
-    );
+    assert_eq!(problem(good[..30].to_vec()), IdxProblem::Truncated { needed: 40, available: 30 });
     // Extra bytes.
     let mut long = good.clone();
     long.extend_from_slice(&[0, 0, 0]);
@@ -129,31 +99,13 @@ fn file_errors_name_the_file() {
     bytes.truncate(100);
     std::fs::write(&path, &bytes).unwrap();
     let err = read_idx_images(&path).unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            DataError::Idx {
-                problem: IdxProblem::Truncated { .. },
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(&err, DataError::Idx { problem: IdxProblem::Truncated { .. }, .. }), "{err:?}");
     assert!(err.to_string().contains("t10k-images-idx3-ubyte"), "{err}");
 
     // Wrong rank for images.
     std::fs::write(&path, encode_idx_u8(&[4], &[0; 4]).unwrap()).unwrap();
     let err = read_idx_images(&path).unwrap_err();
-    assert!(matches!(
-        err,
-        DataError::Idx {
-            problem: IdxProblem::WrongRank {
-                found: 1,
-                expected: 3
-            },
-            ..
-        }
-    ));
+    assert!(matches!(err, DataError::Idx { problem: IdxProblem::WrongRank { found: 1, expected: 3 }, .. }));
 
     // Corrupt gzip stream: truncated.
     let gz = gzip(&encode_idx_u8(&[2, 28, 28], &[3; 2 * 784]).unwrap());
@@ -168,11 +120,7 @@ fn write_split(dir: &Path, prefix: &str, images: &[u8], labels: &[u8], gz: bool)
     let n = labels.len();
     let img = encode_idx_u8(&[n, 28, 28], images).unwrap();
     let lab = encode_idx_u8(&[n], labels).unwrap();
-    let (img, lab, ext) = if gz {
-        (gzip(&img), gzip(&lab), ".gz")
-    } else {
-        (img, lab, "")
-    };
+    let (img, lab, ext) = if gz { (gzip(&img), gzip(&lab), ".gz") } else { (img, lab, "") };
     std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte{ext}")), img).unwrap();
     std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte{ext}")), lab).unwrap();
 }
@@ -186,10 +134,7 @@ fn idx_folder_loads_both_splits() {
     write_split(&dir.0, "t10k", &test, &[1, 2], false);
     let pre = fmnist_preprocess();
 
-    let mut opts = LoadOptions {
-        split: Split::Train,
-        ..LoadOptions::default()
-    };
+    let mut opts = LoadOptions { split: Split::Train, ..LoadOptions::default() };
     let ds = load_dataset(&dir.0, &pre, &opts).unwrap();
     assert_eq!((ds.n, ds.c, ds.h, ds.w), (3, 1, 28, 28));
     assert_eq!(ds.labels.as_deref(), Some(&[4, 0, 9][..]));
@@ -209,11 +154,7 @@ fn idx_folder_loads_both_splits() {
     assert_eq!(ds.labels.as_deref(), Some(&[4, 0, 9][..]));
 
     // Label count mismatch.
-    std::fs::write(
-        dir.0.join("t10k-labels-idx1-ubyte"),
-        encode_idx_u8(&[3], &[0, 1, 2]).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.0.join("t10k-labels-idx1-ubyte"), encode_idx_u8(&[3], &[0, 1, 2]).unwrap()).unwrap();
     let err = load_dataset(&dir.0, &pre, &opts).unwrap_err();
     assert!(matches!(err, DataError::Labels { .. }), "{err:?}");
 }

@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use factorvit::{Interpolation, Preprocess};
 use factorvit_compress::data::{load_dataset, select_indices, DataError, LoadOptions, Rng};
 use factorvit_compress::preprocess::{
-    augmented_crop, eval_transform_u8, normalize_into, sample_crop_box, CropAugment, ImageU8,
-    ImageView,
+    augmented_crop, eval_transform_u8, normalize_into, sample_crop_box, CropAugment, ImageU8, ImageView,
 };
 
 struct TempDir(PathBuf);
@@ -27,16 +26,11 @@ impl Drop for TempDir {
 }
 
 /// A minimal safetensors writer: (name, dtype, shape, little-endian bytes).
-fn safetensors(
-    tensors: &[(&str, &str, Vec<usize>, Vec<u8>)],
-    metadata: &[(&str, &str)],
-) -> Vec<u8> {
+fn safetensors(tensors: &[(&str, &str, Vec<usize>, Vec<u8>)], metadata: &[(&str, &str)]) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        let meta: serde_json::Map<String, serde_json::Value> = metadata
-            .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
-            .collect();
+        let meta: serde_json::Map<String, serde_json::Value> =
+            metadata.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
         header.insert("__metadata__".into(), meta.into());
     }
     let mut offset = 0;
@@ -70,9 +64,7 @@ fn grey_preprocess(size: usize, crop_pct: f32) -> Preprocess {
 }
 
 fn ramp_images(n: usize, h: usize, w: usize) -> Vec<u8> {
-    (0..n * h * w)
-        .map(|i| ((i * 31 + i / (h * w) * 7) % 256) as u8)
-        .collect()
+    (0..n * h * w).map(|i| ((i * 31 + i / (h * w) * 7) % 256) as u8).collect()
 }
 
 #[test]
@@ -85,10 +77,7 @@ fn pixel_values_are_used_as_is() {
     std::fs::write(
         &path,
         safetensors(
-            &[
-                ("pixel_values", "F32", vec![3, 2, 4, 4], bytes.clone()),
-                ("labels", "I64", vec![3], labels),
-            ],
+            &[("pixel_values", "F32", vec![3, 2, 4, 4], bytes.clone()), ("labels", "I64", vec![3], labels)],
             &[("class_names", r#"["a","b","c","d","e","f"]"#)],
         ),
     )
@@ -105,12 +94,7 @@ fn pixel_values_are_used_as_is() {
     assert_eq!(ds.labels.as_deref(), Some(&[5, 0, 2][..]));
     assert_eq!(ds.class_names.as_ref().map(Vec::len), Some(6));
 
-    let opts = LoadOptions {
-        limit: Some(2),
-        random_subset: true,
-        seed: 3,
-        ..LoadOptions::default()
-    };
+    let opts = LoadOptions { limit: Some(2), random_subset: true, seed: 3, ..LoadOptions::default() };
     let sub = load_dataset(&path, &pre, &opts).unwrap();
     assert_eq!(sub.n, 2);
     let picked = select_indices(3, &opts, &path).unwrap();
@@ -119,23 +103,11 @@ fn pixel_values_are_used_as_is() {
     }
 
     // Shape that does not fit the model.
-    let other = Preprocess {
-        input_size: [2, 8, 8],
-        ..pre.clone()
-    };
-    assert!(matches!(
-        load_dataset(&path, &other, &LoadOptions::default()),
-        Err(DataError::InputMismatch { .. })
-    ));
+    let other = Preprocess { input_size: [2, 8, 8], ..pre.clone() };
+    assert!(matches!(load_dataset(&path, &other, &LoadOptions::default()), Err(DataError::InputMismatch { .. })));
     // Crops need raw pixels.
-    let crops = LoadOptions {
-        crops_per_image: 2,
-        ..LoadOptions::default()
-    };
-    assert!(matches!(
-        load_dataset(&path, &pre, &crops),
-        Err(DataError::Options(_))
-    ));
+    let crops = LoadOptions { crops_per_image: 2, ..LoadOptions::default() };
+    assert!(matches!(load_dataset(&path, &pre, &crops), Err(DataError::Options(_))));
 }
 
 #[test]
@@ -147,13 +119,7 @@ fn raw_images_are_normalised_and_resized_when_needed() {
     let path = dir.0.join("img.safetensors");
     std::fs::write(
         &path,
-        safetensors(
-            &[
-                ("images", "U8", vec![n, h, w], images.clone()),
-                ("labels", "U8", vec![n], labels.clone()),
-            ],
-            &[],
-        ),
+        safetensors(&[("images", "U8", vec![n, h, w], images.clone()), ("labels", "U8", vec![n], labels.clone())], &[]),
     )
     .unwrap();
     // Same size as the model: used as is (even with crop_pct < 1).
@@ -168,22 +134,13 @@ fn raw_images_are_normalised_and_resized_when_needed() {
     assert_eq!((ds.n, ds.h, ds.w), (4, 20, 20));
     let first = ImageView::new(w, h, 1, &images[..h * w]).unwrap();
     let mut expected = vec![0f32; 400];
-    normalize_into(
-        eval_transform_u8(first, &pre).unwrap().view(),
-        &pre,
-        &mut expected,
-    )
-    .unwrap();
+    normalize_into(eval_transform_u8(first, &pre).unwrap().view(), &pre, &mut expected).unwrap();
     assert_eq!(ds.sample(0), expected.as_slice());
 
     // RGB images [N, H, W, 3] for an RGB model.
     let rgb = ramp_images(2, 28, 28 * 3);
     let rgb_path = dir.0.join("rgb.safetensors");
-    std::fs::write(
-        &rgb_path,
-        safetensors(&[("images", "U8", vec![2, 28, 28, 3], rgb.clone())], &[]),
-    )
-    .unwrap();
+    std::fs::write(&rgb_path, safetensors(&[("images", "U8", vec![2, 28, 28, 3], rgb.clone())], &[])).unwrap();
     let rgb_pre = Preprocess {
         input_size: [3, 28, 28],
         mean: vec![0.1, 0.2, 0.3],
@@ -195,10 +152,7 @@ fn raw_images_are_normalised_and_resized_when_needed() {
     assert!(ds.labels.is_none());
     // Channel 1 of pixel (0, 1) of image 1.
     let v = rgb[28 * 28 * 3 + 3 + 1];
-    assert_eq!(
-        ds.sample(1)[28 * 28 + 1],
-        (f32::from(v) / 255.0 - 0.2) / 0.6
-    );
+    assert_eq!(ds.sample(1)[28 * 28 + 1], (f32::from(v) / 255.0 - 0.2) / 0.6);
 }
 
 #[test]
@@ -213,38 +167,21 @@ fn malformed_safetensors_datasets_are_typed_errors() {
     let img = ramp_images(2, 28, 28);
     type Check = fn(&DataError) -> bool;
     let cases: Vec<(PathBuf, Check)> = vec![
-        (write("empty.safetensors", Vec::new()), |e| {
+        (write("empty.safetensors", Vec::new()), |e| matches!(e, DataError::Safetensors { .. })),
+        (write("garbage.safetensors", b"\xff\xff\xff\xff\xff\xff\xff\x7fxx".to_vec()), |e| {
+            matches!(e, DataError::Safetensors { .. })
+        }),
+        (write("nothing.safetensors", safetensors(&[("other", "U8", vec![1], vec![0])], &[])), |e| {
+            matches!(e, DataError::Safetensors { .. })
+        }),
+        (write("f32img.safetensors", safetensors(&[("images", "F32", vec![1, 1, 1], vec![0; 4])], &[])), |e| {
             matches!(e, DataError::Safetensors { .. })
         }),
         (
             write(
-                "garbage.safetensors",
-                b"\xff\xff\xff\xff\xff\xff\xff\x7fxx".to_vec(),
-            ),
-            |e| matches!(e, DataError::Safetensors { .. }),
-        ),
-        (
-            write(
-                "nothing.safetensors",
-                safetensors(&[("other", "U8", vec![1], vec![0])], &[]),
-            ),
-            |e| matches!(e, DataError::Safetensors { .. }),
-        ),
-        (
-            write(
-                "f32img.safetensors",
-                safetensors(&[("images", "F32", vec![1, 1, 1], vec![0; 4])], &[]),
-            ),
-            |e| matches!(e, DataError::Safetensors { .. }),
-        ),
-        (
-            write(
                 "count.safetensors",
                 safetensors(
-                    &[
-                        ("images", "U8", vec![2, 28, 28], img.clone()),
-                        ("labels", "U8", vec![3], vec![0; 3]),
-                    ],
+                    &[("images", "U8", vec![2, 28, 28], img.clone()), ("labels", "U8", vec![3], vec![0; 3])],
                     &[],
                 ),
             ),
@@ -256,12 +193,7 @@ fn malformed_safetensors_datasets_are_typed_errors() {
                 safetensors(
                     &[
                         ("images", "U8", vec![2, 28, 28], img.clone()),
-                        (
-                            "labels",
-                            "I32",
-                            vec![2],
-                            [1i32, -1].iter().flat_map(|v| v.to_le_bytes()).collect(),
-                        ),
+                        ("labels", "I32", vec![2], [1i32, -1].iter().flat_map(|v| v.to_le_bytes()).collect()),
                     ],
                     &[],
                 ),
@@ -272,10 +204,7 @@ fn malformed_safetensors_datasets_are_typed_errors() {
             write(
                 "floatlabels.safetensors",
                 safetensors(
-                    &[
-                        ("images", "U8", vec![2, 28, 28], img.clone()),
-                        ("labels", "F32", vec![2], vec![0; 8]),
-                    ],
+                    &[("images", "U8", vec![2, 28, 28], img.clone()), ("labels", "F32", vec![2], vec![0; 8])],
                     &[],
                 ),
             ),
@@ -284,10 +213,7 @@ fn malformed_safetensors_datasets_are_typed_errors() {
         (
             write(
                 "names.safetensors",
-                safetensors(
-                    &[("images", "U8", vec![2, 28, 28], img.clone())],
-                    &[("class_names", "[1, 2]")],
-                ),
+                safetensors(&[("images", "U8", vec![2, 28, 28], img.clone())], &[("class_names", "[1, 2]")]),
             ),
             |e| matches!(e, DataError::Safetensors { .. }),
         ),
@@ -295,10 +221,7 @@ fn malformed_safetensors_datasets_are_typed_errors() {
             write(
                 "labelrange.safetensors",
                 safetensors(
-                    &[
-                        ("images", "U8", vec![2, 28, 28], img.clone()),
-                        ("labels", "U8", vec![2], vec![0, 2]),
-                    ],
+                    &[("images", "U8", vec![2, 28, 28], img.clone()), ("labels", "U8", vec![2], vec![0, 2])],
                     &[("class_names", r#"["x","y"]"#)],
                 ),
             ),
@@ -312,26 +235,15 @@ fn malformed_safetensors_datasets_are_typed_errors() {
         assert!(err.to_string().contains(&name), "{err}");
     }
     let missing = dir.0.join("missing.safetensors");
-    assert!(matches!(
-        load_dataset(&missing, &pre, &LoadOptions::default()),
-        Err(DataError::Io { .. })
-    ));
+    assert!(matches!(load_dataset(&missing, &pre, &LoadOptions::default()), Err(DataError::Io { .. })));
     let unknown = write("notes.txt", b"hello".to_vec());
-    assert!(matches!(
-        load_dataset(&unknown, &pre, &LoadOptions::default()),
-        Err(DataError::UnknownSource { .. })
-    ));
+    assert!(matches!(load_dataset(&unknown, &pre, &LoadOptions::default()), Err(DataError::UnknownSource { .. })));
 }
 
 #[test]
 fn seeded_subsets_are_deterministic() {
     let path = Path::new("subset-test");
-    let opts = |seed, limit| LoadOptions {
-        limit: Some(limit),
-        random_subset: true,
-        seed,
-        ..LoadOptions::default()
-    };
+    let opts = |seed, limit| LoadOptions { limit: Some(limit), random_subset: true, seed, ..LoadOptions::default() };
     let a = select_indices(1000, &opts(7, 50), path).unwrap();
     assert_eq!(a, select_indices(1000, &opts(7, 50), path).unwrap());
     assert_ne!(a, select_indices(1000, &opts(8, 50), path).unwrap());
@@ -341,23 +253,11 @@ fn seeded_subsets_are_deterministic() {
     // Not just the first ones.
     assert!(*a.last().unwrap() > 100);
     // Without random_subset: the first `limit`; a limit above the total keeps everything.
-    let first = LoadOptions {
-        limit: Some(3),
-        ..LoadOptions::default()
-    };
+    let first = LoadOptions { limit: Some(3), ..LoadOptions::default() };
     assert_eq!(select_indices(10, &first, path).unwrap(), [0, 1, 2]);
-    assert_eq!(
-        select_indices(5, &opts(1, 50), path).unwrap(),
-        [0, 1, 2, 3, 4]
-    );
-    assert!(matches!(
-        select_indices(5, &opts(1, 0), path),
-        Err(DataError::Options(_))
-    ));
-    assert!(matches!(
-        select_indices(0, &LoadOptions::default(), path),
-        Err(DataError::Empty { .. })
-    ));
+    assert_eq!(select_indices(5, &opts(1, 50), path).unwrap(), [0, 1, 2, 3, 4]);
+    assert!(matches!(select_indices(5, &opts(1, 0), path), Err(DataError::Options(_))));
+    assert!(matches!(select_indices(0, &LoadOptions::default(), path), Err(DataError::Empty { .. })));
 }
 
 #[test]
@@ -369,10 +269,7 @@ fn crops_stay_inside_and_are_reproducible() {
         let h = 1 + rng.below(300) as usize;
         let b = sample_crop_box(w, h, &aug, &mut rng);
         assert!(b.width >= 1 && b.height >= 1, "{b:?}");
-        assert!(
-            b.left + b.width <= w && b.top + b.height <= h,
-            "{b:?} in {w}x{h}"
-        );
+        assert!(b.left + b.width <= w && b.top + b.height <= h, "{b:?} in {w}x{h}");
     }
     // Extreme aspect ratios use the fallback and still fit.
     let b = sample_crop_box(1000, 2, &aug, &mut Rng::new(1));
@@ -391,10 +288,7 @@ fn crops_stay_inside_and_are_reproducible() {
     let b = augmented_crop(img.view(), &pre, &aug, &mut Rng::new(5)).unwrap();
     assert_eq!(a, b);
     assert_eq!((a.width(), a.height(), a.channels()), (24, 24, 3));
-    let bad = CropAugment {
-        scale: [0.0, 1.0],
-        ..aug
-    };
+    let bad = CropAugment { scale: [0.0, 1.0], ..aug };
     assert!(augmented_crop(img.view(), &pre, &bad, &mut Rng::new(5)).is_err());
 }
 
@@ -406,46 +300,21 @@ fn crop_augmented_datasets_multiply_samples_deterministically() {
     let labels = vec![0u8, 1, 2, 3, 4];
     std::fs::write(
         &path,
-        safetensors(
-            &[
-                ("images", "U8", vec![n, h, w], ramp_images(n, h, w)),
-                ("labels", "U8", vec![n], labels),
-            ],
-            &[],
-        ),
+        safetensors(&[("images", "U8", vec![n, h, w], ramp_images(n, h, w)), ("labels", "U8", vec![n], labels)], &[]),
     )
     .unwrap();
     let pre = grey_preprocess(28, 1.0);
-    let opts = LoadOptions {
-        crops_per_image: 3,
-        seed: 9,
-        ..LoadOptions::default()
-    };
+    let opts = LoadOptions { crops_per_image: 3, seed: 9, ..LoadOptions::default() };
     let a = load_dataset(&path, &pre, &opts).unwrap();
     assert_eq!(a.n, 15);
-    assert_eq!(
-        a.labels.as_deref(),
-        Some(&[0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4][..])
-    );
+    assert_eq!(a.labels.as_deref(), Some(&[0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4][..]));
     let b = load_dataset(&path, &pre, &opts).unwrap();
     assert_eq!(a, b, "same seed, same crops");
     assert_ne!(a.sample(0), a.sample(1), "crops of one image differ");
-    let c = load_dataset(
-        &path,
-        &pre,
-        &LoadOptions {
-            seed: 10,
-            ..opts.clone()
-        },
-    )
-    .unwrap();
+    let c = load_dataset(&path, &pre, &LoadOptions { seed: 10, ..opts.clone() }).unwrap();
     assert_ne!(a.pixel_values, c.pixel_values);
     // A subset keeps each image's crops (streams are keyed by source index).
-    let sub = LoadOptions {
-        limit: Some(2),
-        random_subset: true,
-        ..opts.clone()
-    };
+    let sub = LoadOptions { limit: Some(2), random_subset: true, ..opts.clone() };
     let picked = select_indices(n, &sub, &path).unwrap();
     let s = load_dataset(&path, &pre, &sub).unwrap();
     for (k, &i) in picked.iter().enumerate() {

@@ -41,10 +41,7 @@ fn load_expected(name: &str) -> Expected {
     };
     let t = container.get("pixel_values").unwrap();
     assert_eq!(t.dtype, DType::F32);
-    let floats = bytes[t.start..t.end]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let floats = bytes[t.start..t.end].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     Expected {
         resized_u8: u8_tensor("resized_u8"),
         cropped_u8: u8_tensor("cropped_u8"),
@@ -55,21 +52,13 @@ fn load_expected(name: &str) -> Expected {
 fn count_mismatches(a: &[u8], b: &[u8]) -> (usize, u8) {
     assert_eq!(a.len(), b.len());
     let diffs = a.iter().zip(b).filter(|(x, y)| x != y);
-    let max = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap_or(0);
+    let max = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap_or(0);
     (diffs.count(), max)
 }
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 #[test]
@@ -94,10 +83,7 @@ fn photos_match_timm_bit_exactly() {
         let g = eval_geometry(view.width(), view.height(), &pre).unwrap();
 
         let resized = resize(view, g.resized_width, g.resized_height, g.interpolation).unwrap();
-        assert_eq!(
-            expected.resized_u8.0,
-            [g.resized_height, g.resized_width, 3]
-        );
+        assert_eq!(expected.resized_u8.0, [g.resized_height, g.resized_width, 3]);
         let (mismatches, max) = count_mismatches(resized.data(), &expected.resized_u8.1);
         println!("{name}: resized_u8 {mismatches} mismatching bytes (max diff {max})");
         assert_eq!(mismatches, 0, "{name}: resized_u8 differs from Pillow");
@@ -122,10 +108,7 @@ fn flat_folder_of_the_photos_loads_the_same_tensors() {
     // not images): chelsea.png then coffee.png, in name order.
     let pre = deit_preprocess();
     let dataset = load_dataset(&fixture_dir(), &pre, &LoadOptions::default()).unwrap();
-    assert_eq!(
-        (dataset.n, dataset.c, dataset.h, dataset.w),
-        (2, 3, 224, 224)
-    );
+    assert_eq!((dataset.n, dataset.c, dataset.h, dataset.w), (2, 3, 224, 224));
     assert!(dataset.labels.is_none());
     for (i, name) in ["chelsea", "coffee"].into_iter().enumerate() {
         let expected = load_expected(name);

@@ -8,8 +8,8 @@ use factorvit::safetensors::Container;
 use factorvit::{Interpolation, Preprocess};
 use factorvit_compress::data::Rng;
 use factorvit_compress::preprocess::{
-    convert_channels, crop, decode_image, eval_geometry, eval_transform_u8, flip_horizontal, luma,
-    preprocess_image, resize, ImageU8, ImageView,
+    convert_channels, crop, decode_image, eval_geometry, eval_transform_u8, flip_horizontal, luma, preprocess_image,
+    resize, ImageU8, ImageView,
 };
 
 fn cases_path() -> PathBuf {
@@ -29,10 +29,7 @@ impl Cases {
     }
 
     fn tensor(&self, name: &str) -> (Vec<usize>, &[u8]) {
-        let t = self
-            .container
-            .get(name)
-            .unwrap_or_else(|| panic!("missing {name}"));
+        let t = self.container.get(name).unwrap_or_else(|| panic!("missing {name}"));
         (t.shape.clone(), &self.bytes[t.start..t.end])
     }
 
@@ -54,8 +51,7 @@ fn filter(name: &str) -> Interpolation {
 #[test]
 fn pillow_reference_cases_are_bit_exact() {
     let cases = Cases::load();
-    let list: serde_json::Value =
-        serde_json::from_str(cases.container.metadata("cases").unwrap()).unwrap();
+    let list: serde_json::Value = serde_json::from_str(cases.container.metadata("cases").unwrap()).unwrap();
     let list = list.as_array().unwrap();
     assert!(list.len() >= 40);
     let mut failures = Vec::new();
@@ -71,12 +67,7 @@ fn pillow_reference_cases_are_bit_exact() {
             (got.width(), got.height(), got.channels()),
             (expected.width(), expected.height(), expected.channels())
         );
-        let bad = got
-            .data()
-            .iter()
-            .zip(expected.data())
-            .filter(|(a, b)| a != b)
-            .count();
+        let bad = got.data().iter().zip(expected.data()).filter(|(a, b)| a != b).count();
         if bad > 0 {
             failures.push(format!("{name}: {bad} bytes differ"));
         }
@@ -106,18 +97,10 @@ fn jpeg_decoding_is_close_to_pillow() {
     let expected = cases.image("jpeg.rgb");
     let got = decode_image(jpeg, Path::new("chelsea-crop.jpg")).unwrap();
     assert_eq!((got.width(), got.height(), got.channels()), (128, 96, 3));
-    let diffs: Vec<u8> = got
-        .data()
-        .iter()
-        .zip(expected.data())
-        .map(|(a, b)| a.abs_diff(*b))
-        .collect();
+    let diffs: Vec<u8> = got.data().iter().zip(expected.data()).map(|(a, b)| a.abs_diff(*b)).collect();
     let max = diffs.iter().copied().max().unwrap();
     let differing = diffs.iter().filter(|&&d| d > 0).count();
-    println!(
-        "JPEG decode vs Pillow/libjpeg-turbo: {differing} of {} bytes differ, max {max}",
-        diffs.len()
-    );
+    println!("JPEG decode vs Pillow/libjpeg-turbo: {differing} of {} bytes differ, max {max}", diffs.len());
     // Different IDCT / chroma upsampling implementations: small, bounded differences.
     assert!(max <= 8, "max JPEG difference {max}");
     assert!(differing * 4 <= diffs.len(), "{differing} differing bytes");
@@ -128,11 +111,7 @@ fn random_image(rng: &mut Rng, w: usize, h: usize, c: usize) -> ImageU8 {
     ImageU8::new(w, h, c, data).unwrap()
 }
 
-const FILTERS: [Interpolation; 3] = [
-    Interpolation::Bicubic,
-    Interpolation::Bilinear,
-    Interpolation::Nearest,
-];
+const FILTERS: [Interpolation; 3] = [Interpolation::Bicubic, Interpolation::Bilinear, Interpolation::Nearest];
 
 #[test]
 fn same_size_is_the_identity() {
@@ -154,10 +133,7 @@ fn constant_images_stay_constant() {
             for &(ow, oh) in &sizes {
                 for f in FILTERS {
                     let out = resize(img.view(), ow, oh, f).unwrap();
-                    assert!(
-                        out.data().iter().all(|&v| v == value),
-                        "{value} {w}x{h}->{ow}x{oh} {f:?}"
-                    );
+                    assert!(out.data().iter().all(|&v| v == value), "{value} {w}x{h}->{ow}x{oh} {f:?}");
                 }
             }
         }
@@ -188,11 +164,7 @@ fn float_resize(img: &ImageU8, ow: usize, oh: usize, filt: Interpolation) -> Vec
     fn weights(filt: Interpolation, n_in: usize, n_out: usize) -> Vec<Vec<(usize, f64)>> {
         let scale = n_in as f64 / n_out as f64;
         let fs = scale.max(1.0);
-        let support = if filt == Interpolation::Bicubic {
-            2.0
-        } else {
-            1.0
-        } * fs;
+        let support = if filt == Interpolation::Bicubic { 2.0 } else { 1.0 } * fs;
         (0..n_out)
             .map(|o| {
                 let center = (o as f64 + 0.5) * scale;
@@ -212,10 +184,7 @@ fn float_resize(img: &ImageU8, ow: usize, oh: usize, filt: Interpolation) -> Vec
     for y in 0..h {
         for (x, taps) in wx.iter().enumerate() {
             for ch in 0..c {
-                let v: f64 = taps
-                    .iter()
-                    .map(|&(i, k)| k * f64::from(img.data()[(y * w + i) * c + ch]))
-                    .sum();
+                let v: f64 = taps.iter().map(|&(i, k)| k * f64::from(img.data()[(y * w + i) * c + ch])).sum();
                 tmp[(y * ow + x) * c + ch] = v.clamp(0.0, 255.0);
             }
         }
@@ -223,11 +192,7 @@ fn float_resize(img: &ImageU8, ow: usize, oh: usize, filt: Interpolation) -> Vec
     let mut out = vec![0f64; oh * ow * c];
     for (y, taps) in wy.iter().enumerate() {
         for x in 0..ow * c {
-            out[y * ow * c + x] = taps
-                .iter()
-                .map(|&(i, k)| k * tmp[i * ow * c + x])
-                .sum::<f64>()
-                .clamp(0.0, 255.0);
+            out[y * ow * c + x] = taps.iter().map(|&(i, k)| k * tmp[i * ow * c + x]).sum::<f64>().clamp(0.0, 255.0);
         }
     }
     out
@@ -239,15 +204,7 @@ fn close_to_a_float_reference_when_shrinking_and_enlarging() {
     // Smooth content: the uint8 rounding of the intermediate pass is the only difference.
     let (w, h) = (45, 33);
     let data: Vec<u8> = (0..h)
-        .flat_map(|y| {
-            (0..w).flat_map(move |x| {
-                [
-                    (x * 5 + y) as u8,
-                    (y * 7) as u8,
-                    ((x * x + y * 3) % 256) as u8,
-                ]
-            })
-        })
+        .flat_map(|y| (0..w).flat_map(move |x| [(x * 5 + y) as u8, (y * 7) as u8, ((x * x + y * 3) % 256) as u8]))
         .collect();
     let smooth = ImageU8::new(w, h, 3, data).unwrap();
     let noise = random_image(&mut rng, 40, 30, 1);
@@ -256,19 +213,11 @@ fn close_to_a_float_reference_when_shrinking_and_enlarging() {
             for f in [Interpolation::Bicubic, Interpolation::Bilinear] {
                 let exact = resize(img.view(), ow, oh, f).unwrap();
                 let reference = float_resize(img, ow, oh, f);
-                let max = exact
-                    .data()
-                    .iter()
-                    .zip(&reference)
-                    .map(|(&a, &b)| (f64::from(a) - b).abs())
-                    .fold(0.0, f64::max);
+                let max =
+                    exact.data().iter().zip(&reference).map(|(&a, &b)| (f64::from(a) - b).abs()).fold(0.0, f64::max);
                 // Two roundings (after each pass, the first amplified by the second pass's
                 // absolute tap sum, ≤ 7/6 for bicubic) plus fixed-point taps.
-                let bound = if f == Interpolation::Bicubic {
-                    1.2
-                } else {
-                    1.0
-                };
+                let bound = if f == Interpolation::Bicubic { 1.2 } else { 1.0 };
                 assert!(max <= bound, "{ow}x{oh} {f:?}: max deviation {max}");
             }
         }
@@ -284,34 +233,17 @@ fn crop_pads_with_zeros_and_flip_mirrors() {
 }
 
 fn pre(c: usize, size: [usize; 2], crop_pct: f32, interpolation: Interpolation) -> Preprocess {
-    Preprocess {
-        input_size: [c, size[0], size[1]],
-        mean: vec![0.5; c],
-        std: vec![0.25; c],
-        interpolation,
-        crop_pct,
-    }
+    Preprocess { input_size: [c, size[0], size[1]], mean: vec![0.5; c], std: vec![0.25; c], interpolation, crop_pct }
 }
 
 #[test]
 fn eval_geometry_follows_torchvision_and_timm() {
     // crop_pct 0.875: Resize(256); 500x375 → 341x256, left = round(58.5) = 58 (half to even).
-    let g = eval_geometry(
-        500,
-        375,
-        &pre(3, [224, 224], 0.875, Interpolation::Bilinear),
-    )
-    .unwrap();
-    assert_eq!(
-        (g.resized_width, g.resized_height, g.crop_left, g.crop_top),
-        (341, 256, 58, 16)
-    );
+    let g = eval_geometry(500, 375, &pre(3, [224, 224], 0.875, Interpolation::Bilinear)).unwrap();
+    assert_eq!((g.resized_width, g.resized_height, g.crop_left, g.crop_top), (341, 256, 58, 16));
     // Portrait: the width is the short side.
     let g = eval_geometry(300, 451, &pre(3, [224, 224], 0.9, Interpolation::Bicubic)).unwrap();
-    assert_eq!(
-        (g.resized_width, g.resized_height, g.crop_left, g.crop_top),
-        (248, 372, 12, 74)
-    );
+    assert_eq!((g.resized_width, g.resized_height, g.crop_left, g.crop_top), (248, 372, 12, 74));
     // (L - H) / 2 = 2.5 rounds to 2, 3.5 rounds to 4.
     let g = eval_geometry(33, 28, &pre(1, [28, 28], 1.0, Interpolation::Bicubic)).unwrap();
     assert_eq!((g.resized_width, g.crop_left), (33, 2));
@@ -319,24 +251,13 @@ fn eval_geometry_follows_torchvision_and_timm() {
     assert_eq!((g.resized_width, g.crop_left), (35, 4));
     // Fashion-MNIST: 28x28, crop_pct 1 → untouched.
     let g = eval_geometry(28, 28, &pre(1, [28, 28], 1.0, Interpolation::Bicubic)).unwrap();
-    assert_eq!(
-        (g.resized_width, g.resized_height, g.crop_left, g.crop_top),
-        (28, 28, 0, 0)
-    );
+    assert_eq!((g.resized_width, g.resized_height, g.crop_left, g.crop_top), (28, 28, 0, 0));
     // crop_pct 0.95 at 384: floor(384 / 0.95) = 404 (the f32 crop_pct is read as 0.95).
-    let g = eval_geometry(
-        1000,
-        1000,
-        &pre(3, [384, 384], 0.95, Interpolation::Bicubic),
-    )
-    .unwrap();
+    let g = eval_geometry(1000, 1000, &pre(3, [384, 384], 0.95, Interpolation::Bicubic)).unwrap();
     assert_eq!((g.resized_width, g.crop_left), (404, 10));
     // Non-square input: timm's ResizeKeepRatio (bilinear, round half to even).
     let g = eval_geometry(640, 480, &pre(3, [192, 256], 1.0, Interpolation::Bicubic)).unwrap();
-    assert_eq!(
-        (g.resized_width, g.resized_height, g.interpolation),
-        (256, 192, Interpolation::Bilinear)
-    );
+    assert_eq!((g.resized_width, g.resized_height, g.interpolation), (256, 192, Interpolation::Bilinear));
 }
 
 #[test]
@@ -347,13 +268,7 @@ fn grey_models_convert_like_pil_convert_l() {
     let via_transform = eval_transform_u8(rgb.view(), &p).unwrap();
     let grey = convert_channels(rgb.view(), 1).unwrap();
     let g = eval_geometry(40, 30, &p).unwrap();
-    let resized = resize(
-        grey.view(),
-        g.resized_width,
-        g.resized_height,
-        g.interpolation,
-    )
-    .unwrap();
+    let resized = resize(grey.view(), g.resized_width, g.resized_height, g.interpolation).unwrap();
     let manual = crop(resized.view(), g.crop_left, g.crop_top, 28, 28).unwrap();
     assert_eq!(via_transform, manual);
     // A grey image given to an RGB model is replicated.
@@ -377,12 +292,7 @@ fn invalid_inputs_are_errors_not_panics() {
     assert!(preprocess_image(img.view(), &bad).is_err());
     // An extreme aspect ratio would need a gigantic resize: refused.
     let thin = ImageU8::new(1, 1 << 20, 1, vec![0; 1 << 20]).unwrap();
-    assert!(eval_geometry(
-        thin.width(),
-        thin.height(),
-        &pre(1, [224, 224], 0.875, Interpolation::Bicubic)
-    )
-    .is_err());
+    assert!(eval_geometry(thin.width(), thin.height(), &pre(1, [224, 224], 0.875, Interpolation::Bicubic)).is_err());
     assert!(decode_image(b"not an image", Path::new("x.png")).is_err());
     let empty = image::RgbImage::new(0, 0);
     let view = ImageView::from_rgb(&empty);

@@ -179,7 +179,8 @@ fn print_model(path: &Path, reports: &[BenchReport], dram_gbps: f64, peak: Optio
         "threads", "median ms", "p90 ms", "GFLOP/s", "% peak", "weight GB/s", "peak RSS"
     );
     for r in reports {
-        let pct = peak.map(|p| format!("{:.0}%", 100.0 * r.gflops / (p * r.threads as f64))).unwrap_or_else(|| "-".into());
+        let pct =
+            peak.map(|p| format!("{:.0}%", 100.0 * r.gflops / (p * r.threads as f64))).unwrap_or_else(|| "-".into());
         println!(
             "  {:>7} {:>10.3} {:>10.3} {:>10.1} {:>10} {:>12.2} {:>10}",
             r.threads,

@@ -67,10 +67,7 @@ impl fmt::Display for IdxProblem {
             ),
             IdxProblem::UnknownType { code } => write!(f, "unknown idx element type 0x{code:02x}"),
             IdxProblem::WrongType { found, expected } => {
-                write!(
-                    f,
-                    "idx element type 0x{found:02x}, expected 0x{expected:02x}"
-                )
+                write!(f, "idx element type 0x{found:02x}, expected 0x{expected:02x}")
             }
             IdxProblem::WrongRank { found, expected } => {
                 write!(f, "idx array has {found} dimensions, expected {expected}")
@@ -79,10 +76,7 @@ impl fmt::Display for IdxProblem {
                 write!(f, "idx dimensions {dims:?} overflow the addressable size")
             }
             IdxProblem::Truncated { needed, available } => {
-                write!(
-                    f,
-                    "truncated idx file: {needed} bytes announced, {available} present"
-                )
+                write!(f, "truncated idx file: {needed} bytes announced, {available} present")
             }
             IdxProblem::TrailingBytes { extra } => {
                 write!(f, "{extra} unexpected bytes after the idx data")
@@ -175,45 +169,27 @@ pub enum DataError {
 
 impl DataError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> DataError {
-        DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        DataError::Io { path: path.to_path_buf(), source }
     }
 
     pub(crate) fn idx(path: &Path, problem: IdxProblem) -> DataError {
-        DataError::Idx {
-            path: path.to_path_buf(),
-            problem,
-        }
+        DataError::Idx { path: path.to_path_buf(), problem }
     }
 
     pub(crate) fn safetensors(path: &Path, message: impl Into<String>) -> DataError {
-        DataError::Safetensors {
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
+        DataError::Safetensors { path: path.to_path_buf(), message: message.into() }
     }
 
     pub(crate) fn labels(path: &Path, message: impl Into<String>) -> DataError {
-        DataError::Labels {
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
+        DataError::Labels { path: path.to_path_buf(), message: message.into() }
     }
 
     pub(crate) fn folder(path: &Path, message: impl Into<String>) -> DataError {
-        DataError::Folder {
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
+        DataError::Folder { path: path.to_path_buf(), message: message.into() }
     }
 
     pub(crate) fn mismatch(path: &Path, message: impl Into<String>) -> DataError {
-        DataError::InputMismatch {
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
+        DataError::InputMismatch { path: path.to_path_buf(), message: message.into() }
     }
 
     pub(crate) fn overflow(what: &'static str) -> DataError {
@@ -251,11 +227,7 @@ impl fmt::Display for DataError {
                 write!(f, "{}: the dataset holds no sample", path.display())
             }
             DataError::InputMismatch { path, message } => {
-                write!(
-                    f,
-                    "{}: does not fit the model input: {message}",
-                    path.display()
-                )
+                write!(f, "{}: does not fit the model input: {message}", path.display())
             }
             DataError::Preprocess(m) => write!(f, "invalid preprocessing: {m}"),
             DataError::Overflow { what } => write!(f, "size overflow computing {what}"),

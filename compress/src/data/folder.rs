@@ -22,9 +22,7 @@ pub struct FolderListing {
 /// `true` for names ending in `.jpg`, `.jpeg` or `.png`, in any case.
 pub fn is_image_file(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-        e.eq_ignore_ascii_case("jpg")
-            || e.eq_ignore_ascii_case("jpeg")
-            || e.eq_ignore_ascii_case("png")
+        e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg") || e.eq_ignore_ascii_case("png")
     })
 }
 
@@ -59,10 +57,7 @@ fn walk_images(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
         for (name, path, is_dir) in entries(&current)? {
             if is_dir {
                 if depth >= MAX_DEPTH {
-                    return Err(DataError::folder(
-                        &path,
-                        format!("nested deeper than {MAX_DEPTH} levels"),
-                    ));
+                    return Err(DataError::folder(&path, format!("nested deeper than {MAX_DEPTH} levels")));
                 }
                 stack.push((path, depth + 1));
             } else if is_image_file(&path) {
@@ -73,18 +68,12 @@ fn walk_images(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
         groups.push((current.to_string_lossy().into_owned(), files));
     }
     groups.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(groups
-        .into_iter()
-        .flat_map(|(_, files)| files.into_iter().map(|(_, p)| p))
-        .collect())
+    Ok(groups.into_iter().flat_map(|(_, files)| files.into_iter().map(|(_, p)| p)).collect())
 }
 
 fn normalise_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
-    for word in name
-        .split(|c: char| c.is_whitespace() || c == '_' || c == '-')
-        .filter(|w| !w.is_empty())
-    {
+    for word in name.split(|c: char| c.is_whitespace() || c == '_' || c == '-').filter(|w| !w.is_empty()) {
         if !out.is_empty() {
             out.push('_');
         }
@@ -106,24 +95,16 @@ fn normalise_name(name: &str) -> String {
 /// Two folders mapping to the same label are an error as well.
 pub fn match_class_names(folders: &[String], labels: &[String]) -> Result<Vec<usize>, String> {
     let normalised: Vec<String> = labels.iter().map(|l| normalise_name(l)).collect();
-    let synonyms: Vec<Vec<String>> = labels
-        .iter()
-        .map(|l| {
-            l.split(',')
-                .map(normalise_name)
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .collect();
+    let synonyms: Vec<Vec<String>> =
+        labels.iter().map(|l| l.split(',').map(normalise_name).filter(|s| !s.is_empty()).collect()).collect();
     let mut result = Vec::with_capacity(folders.len());
     let mut unknown = Vec::new();
     for folder in folders {
         let key = normalise_name(folder);
-        let rules: [&dyn Fn(usize) -> bool; 3] = [
-            &|i| labels[i] == *folder,
-            &|i| !key.is_empty() && normalised[i] == key,
-            &|i| !key.is_empty() && synonyms[i].contains(&key),
-        ];
+        let rules: [&dyn Fn(usize) -> bool; 3] =
+            [&|i| labels[i] == *folder, &|i| !key.is_empty() && normalised[i] == key, &|i| {
+                !key.is_empty() && synonyms[i].contains(&key)
+            }];
         let mut found = None;
         for rule in rules {
             let hits: Vec<usize> = (0..labels.len()).filter(|&i| rule(i)).collect();
@@ -134,11 +115,8 @@ pub fn match_class_names(folders: &[String], labels: &[String]) -> Result<Vec<us
                     break;
                 }
                 many => {
-                    let names: Vec<&str> =
-                        many.iter().take(4).map(|&i| labels[i].as_str()).collect();
-                    return Err(format!(
-                        "class folder `{folder}` matches several labels: {names:?}"
-                    ));
+                    let names: Vec<&str> = many.iter().take(4).map(|&i| labels[i].as_str()).collect();
+                    return Err(format!("class folder `{folder}` matches several labels: {names:?}"));
                 }
             }
         }
@@ -156,11 +134,7 @@ pub fn match_class_names(folders: &[String], labels: &[String]) -> Result<Vec<us
             "{} class folder(s) match no label of the model ({} labels): {shown:?}{}",
             unknown.len(),
             labels.len(),
-            if unknown.len() > shown.len() {
-                " ..."
-            } else {
-                ""
-            }
+            if unknown.len() > shown.len() { " ..." } else { "" }
         ));
     }
     let mut seen = vec![None::<usize>; labels.len()];
@@ -187,21 +161,12 @@ pub fn match_class_names(folders: &[String], labels: &[String]) -> Result<Vec<us
 /// Hidden entries (`.name`) are skipped; extensions `jpg`/`jpeg`/`png` in any case are
 /// images. A folder mixing top-level images and subfolders, an empty class folder, or no
 /// image at all is an error.
-pub fn list_image_folder(
-    dir: &Path,
-    class_names: Option<&[String]>,
-) -> Result<FolderListing, DataError> {
+pub fn list_image_folder(dir: &Path, class_names: Option<&[String]>) -> Result<FolderListing, DataError> {
     let all = entries(dir)?;
-    let mut top_files: Vec<(String, PathBuf)> = all
-        .iter()
-        .filter(|(_, p, d)| !d && is_image_file(p))
-        .map(|(n, p, _)| (n.clone(), p.clone()))
-        .collect();
-    let mut subdirs: Vec<(String, PathBuf)> = all
-        .iter()
-        .filter(|(_, _, d)| *d)
-        .map(|(n, p, _)| (n.clone(), p.clone()))
-        .collect();
+    let mut top_files: Vec<(String, PathBuf)> =
+        all.iter().filter(|(_, p, d)| !d && is_image_file(p)).map(|(n, p, _)| (n.clone(), p.clone())).collect();
+    let mut subdirs: Vec<(String, PathBuf)> =
+        all.iter().filter(|(_, _, d)| *d).map(|(n, p, _)| (n.clone(), p.clone())).collect();
     if !top_files.is_empty() && !subdirs.is_empty() {
         return Err(DataError::folder(
             dir,
@@ -211,9 +176,7 @@ pub fn list_image_folder(
     }
     if subdirs.is_empty() {
         if top_files.is_empty() {
-            return Err(DataError::Empty {
-                path: dir.to_path_buf(),
-            });
+            return Err(DataError::Empty { path: dir.to_path_buf() });
         }
         top_files.sort();
         return Ok(FolderListing {
@@ -226,8 +189,7 @@ pub fn list_image_folder(
     let folder_names: Vec<String> = subdirs.iter().map(|(n, _)| n.clone()).collect();
     let (label_of_folder, names) = match class_names {
         Some(labels) => {
-            let mapping =
-                match_class_names(&folder_names, labels).map_err(|m| DataError::folder(dir, m))?;
+            let mapping = match_class_names(&folder_names, labels).map_err(|m| DataError::folder(dir, m))?;
             (mapping, labels.to_vec())
         }
         None => ((0..folder_names.len()).collect(), folder_names.clone()),
@@ -237,20 +199,13 @@ pub fn list_image_folder(
     for ((_, path), &label) in subdirs.iter().zip(&label_of_folder) {
         let found = walk_images(path)?;
         if found.is_empty() {
-            return Err(DataError::folder(
-                path,
-                "class folder holds no jpg/jpeg/png image",
-            ));
+            return Err(DataError::folder(path, "class folder holds no jpg/jpeg/png image"));
         }
         let label = u32::try_from(label).map_err(|_| DataError::overflow("class index"))?;
         labels.extend(std::iter::repeat(label).take(found.len()));
         files.extend(found);
     }
-    Ok(FolderListing {
-        files,
-        labels: Some(labels),
-        class_names: Some(names),
-    })
+    Ok(FolderListing { files, labels: Some(labels), class_names: Some(names) })
 }
 
 #[cfg(test)]
@@ -263,21 +218,10 @@ mod tests {
 
     #[test]
     fn matching_rules() {
-        let labels = s(&[
-            "tench, Tinca tinca",
-            "goldfish",
-            "Golden Retriever",
-            "T-shirt/top",
-        ]);
+        let labels = s(&["tench, Tinca tinca", "goldfish", "Golden Retriever", "T-shirt/top"]);
         assert_eq!(match_class_names(&s(&["goldfish"]), &labels), Ok(vec![1]));
-        assert_eq!(
-            match_class_names(&s(&["golden_retriever"]), &labels),
-            Ok(vec![2])
-        );
-        assert_eq!(
-            match_class_names(&s(&["Tinca-tinca"]), &labels),
-            Ok(vec![0])
-        );
+        assert_eq!(match_class_names(&s(&["golden_retriever"]), &labels), Ok(vec![2]));
+        assert_eq!(match_class_names(&s(&["Tinca-tinca"]), &labels), Ok(vec![0]));
         assert_eq!(match_class_names(&s(&["3"]), &labels), Ok(vec![3]));
         assert!(match_class_names(&s(&["7"]), &labels).is_err());
         assert!(match_class_names(&s(&["shark"]), &labels).is_err());

@@ -48,23 +48,15 @@ impl IdxArray {
             return Err(IdxProblem::BadMagic { found: magic });
         }
         let type_code = magic[2];
-        let elem =
-            idx_element_size(type_code).ok_or(IdxProblem::UnknownType { code: type_code })?;
+        let elem = idx_element_size(type_code).ok_or(IdxProblem::UnknownType { code: type_code })?;
         let rank = usize::from(magic[3]);
         let available = bytes.len() as u64;
         // rank <= 255, so the header is at most 1024 bytes: no overflow.
         let header = 4 + 4 * rank as u64;
-        let dims_bytes = bytes.get(4..header as usize).ok_or(IdxProblem::Truncated {
-            needed: header,
-            available,
-        })?;
-        let dims64: Vec<u64> = dims_bytes
-            .chunks_exact(4)
-            .map(|d| u64::from(u32::from_be_bytes([d[0], d[1], d[2], d[3]])))
-            .collect();
-        let overflow = || IdxProblem::SizeOverflow {
-            dims: dims64.clone(),
-        };
+        let dims_bytes = bytes.get(4..header as usize).ok_or(IdxProblem::Truncated { needed: header, available })?;
+        let dims64: Vec<u64> =
+            dims_bytes.chunks_exact(4).map(|d| u64::from(u32::from_be_bytes([d[0], d[1], d[2], d[3]]))).collect();
+        let overflow = || IdxProblem::SizeOverflow { dims: dims64.clone() };
         let mut count: u64 = 1;
         for &d in &dims64 {
             count = count.checked_mul(d).ok_or_else(overflow)?;
@@ -75,18 +67,11 @@ impl IdxArray {
             return Err(IdxProblem::Truncated { needed, available });
         }
         if needed < available {
-            return Err(IdxProblem::TrailingBytes {
-                extra: available - needed,
-            });
+            return Err(IdxProblem::TrailingBytes { extra: available - needed });
         }
         // `needed <= bytes.len()`, so every dimension and product fits in usize.
         let dims = dims64.iter().map(|&d| d as usize).collect();
-        Ok(IdxArray {
-            bytes,
-            type_code,
-            dims,
-            data_start: header as usize,
-        })
+        Ok(IdxArray { bytes, type_code, dims, data_start: header as usize })
     }
 
     /// Reads (decompressing gzip if needed) and parses an idx file.
@@ -113,16 +98,10 @@ impl IdxArray {
     /// Checks the element type and rank.
     pub fn expect(&self, type_code: u8, rank: usize) -> Result<(), IdxProblem> {
         if self.type_code != type_code {
-            return Err(IdxProblem::WrongType {
-                found: self.type_code,
-                expected: type_code,
-            });
+            return Err(IdxProblem::WrongType { found: self.type_code, expected: type_code });
         }
         if self.dims.len() != rank {
-            return Err(IdxProblem::WrongRank {
-                found: self.dims.len(),
-                expected: rank,
-            });
+            return Err(IdxProblem::WrongRank { found: self.dims.len(), expected: rank });
         }
         Ok(())
     }
@@ -148,9 +127,7 @@ pub fn encode_idx_u8(dims: &[usize], data: &[u8]) -> Option<Vec<u8>> {
 /// Reads a file, transparently decompressing gzip (one or more members), refusing more than
 /// `limit` decompressed bytes.
 pub fn read_maybe_gzip(path: &Path, limit: u64) -> Result<Vec<u8>, DataError> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| DataError::io(path, e))?
-        .len();
+    let size = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?.len();
     if size > limit {
         return Err(DataError::Gzip {
             path: path.to_path_buf(),
@@ -166,10 +143,7 @@ pub fn read_maybe_gzip(path: &Path, limit: u64) -> Result<Vec<u8>, DataError> {
     decoder
         .take(limit.saturating_add(1))
         .read_to_end(&mut out)
-        .map_err(|e| DataError::Gzip {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| DataError::Gzip { path: path.to_path_buf(), message: e.to_string() })?;
     if out.len() as u64 > limit {
         return Err(DataError::Gzip {
             path: path.to_path_buf(),
@@ -183,12 +157,8 @@ pub fn read_maybe_gzip(path: &Path, limit: u64) -> Result<Vec<u8>, DataError> {
 /// and `<prefix>-labels-idx1-ubyte`, each optionally with `.gz` (prefix `train` or `t10k`).
 /// The labels path is `None` when absent.
 pub fn find_idx_files(dir: &Path, prefix: &str) -> Option<(PathBuf, Option<PathBuf>)> {
-    let find = |stem: String| {
-        [stem.clone(), format!("{stem}.gz")]
-            .into_iter()
-            .map(|n| dir.join(n))
-            .find(|p| p.is_file())
-    };
+    let find =
+        |stem: String| [stem.clone(), format!("{stem}.gz")].into_iter().map(|n| dir.join(n)).find(|p| p.is_file());
     let images = find(format!("{prefix}-images-idx3-ubyte"))?;
     let labels = find(format!("{prefix}-labels-idx1-ubyte"));
     Some((images, labels))
@@ -204,18 +174,13 @@ pub fn sibling_labels(images: &Path) -> Option<PathBuf> {
         return None;
     }
     let dir = images.parent()?;
-    [labels_stem.clone(), format!("{labels_stem}.gz")]
-        .into_iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.is_file())
+    [labels_stem.clone(), format!("{labels_stem}.gz")].into_iter().map(|n| dir.join(n)).find(|p| p.is_file())
 }
 
 /// Reads an idx3 u8 images file: `(count, height, width, pixels)`.
 pub fn read_idx_images(path: &Path) -> Result<(usize, usize, usize, IdxArray), DataError> {
     let array = IdxArray::read(path)?;
-    array
-        .expect(IDX_U8, 3)
-        .map_err(|p| DataError::idx(path, p))?;
+    array.expect(IDX_U8, 3).map_err(|p| DataError::idx(path, p))?;
     let (n, h, w) = (array.dims()[0], array.dims()[1], array.dims()[2]);
     Ok((n, h, w, array))
 }
@@ -223,8 +188,6 @@ pub fn read_idx_images(path: &Path) -> Result<(usize, usize, usize, IdxArray), D
 /// Reads an idx1 u8 labels file.
 pub fn read_idx_labels(path: &Path) -> Result<Vec<u32>, DataError> {
     let array = IdxArray::read(path)?;
-    array
-        .expect(IDX_U8, 1)
-        .map_err(|p| DataError::idx(path, p))?;
+    array.expect(IDX_U8, 1).map_err(|p| DataError::idx(path, p))?;
     Ok(array.data().iter().map(|&b| u32::from(b)).collect())
 }

@@ -27,8 +27,8 @@ pub use rng::Rng;
 pub use tensors::load_safetensors_dataset;
 
 use crate::preprocess::{
-    augmented_crop, convert_channels, eval_transform_u8, load_image_u8, normalize_into,
-    validate_preprocess, CropAugment, ImageU8, ImageView,
+    augmented_crop, convert_channels, eval_transform_u8, load_image_u8, normalize_into, validate_preprocess,
+    CropAugment, ImageU8, ImageView,
 };
 
 /// Normalised model inputs with optional labels.
@@ -75,17 +75,10 @@ impl Dataset {
     /// Checks that every label indexes `class_names` (when both are present).
     fn check_labels(&self, path: &Path) -> Result<(), DataError> {
         if let (Some(labels), Some(names)) = (&self.labels, &self.class_names) {
-            if let Some((i, &l)) = labels
-                .iter()
-                .enumerate()
-                .find(|&(_, &l)| l as usize >= names.len())
-            {
+            if let Some((i, &l)) = labels.iter().enumerate().find(|&(_, &l)| l as usize >= names.len()) {
                 return Err(DataError::labels(
                     path,
-                    format!(
-                        "sample {i} has label {l}, but there are {} class names",
-                        names.len()
-                    ),
+                    format!("sample {i} has label {l}, but there are {} class names", names.len()),
                 ));
             }
         }
@@ -151,15 +144,9 @@ impl Default for LoadOptions {
 
 /// The indices of `total` source images to load: all, the first `limit`, or — with
 /// `random_subset` — a uniform seeded sample of `limit` (partial Fisher–Yates), sorted.
-pub fn select_indices(
-    total: usize,
-    opts: &LoadOptions,
-    path: &Path,
-) -> Result<Vec<usize>, DataError> {
+pub fn select_indices(total: usize, opts: &LoadOptions, path: &Path) -> Result<Vec<usize>, DataError> {
     if total == 0 {
-        return Err(DataError::Empty {
-            path: path.to_path_buf(),
-        });
+        return Err(DataError::Empty { path: path.to_path_buf() });
     }
     let keep = match opts.limit {
         Some(0) => return Err(DataError::Options("limit must be at least 1".into())),
@@ -186,13 +173,7 @@ pub(crate) enum RawImages<'a> {
     Files(&'a [PathBuf]),
     /// `count` images of `height × width × channels` bytes, back to back (used as is when
     /// already of the model's size).
-    Packed {
-        data: &'a [u8],
-        count: usize,
-        height: usize,
-        width: usize,
-        channels: usize,
-    },
+    Packed { data: &'a [u8], count: usize, height: usize, width: usize, channels: usize },
 }
 
 impl RawImages<'_> {
@@ -222,27 +203,17 @@ impl Source<'_> {
 fn source_image<'a>(raw: &RawImages<'a>, index: usize) -> Result<Source<'a>, DataError> {
     match *raw {
         RawImages::Files(files) => Ok(Source::Owned(load_image_u8(&files[index])?)),
-        RawImages::Packed {
-            data,
-            height,
-            width,
-            channels,
-            ..
-        } => {
+        RawImages::Packed { data, height, width, channels, .. } => {
             let len = height
                 .checked_mul(width)
                 .and_then(|p| p.checked_mul(channels))
                 .ok_or(DataError::overflow("image size"))?;
-            let start = index
-                .checked_mul(len)
-                .ok_or(DataError::overflow("image offset"))?;
+            let start = index.checked_mul(len).ok_or(DataError::overflow("image offset"))?;
             let bytes = start
                 .checked_add(len)
                 .and_then(|end| data.get(start..end))
                 .ok_or(DataError::overflow("image offset"))?;
-            Ok(Source::Borrowed(ImageView::new(
-                width, height, channels, bytes,
-            )?))
+            Ok(Source::Borrowed(ImageView::new(width, height, channels, bytes)?))
         }
     }
 }
@@ -259,13 +230,8 @@ fn process_image(
     let view = img.view();
     let [c, h, w] = pre.input_size;
     if opts.crops_per_image == 0 {
-        let as_is =
-            matches!(raw, RawImages::Packed { .. }) && view.height() == h && view.width() == w;
-        let prepared = if as_is {
-            convert_channels(view, c)?
-        } else {
-            eval_transform_u8(view, pre)?
-        };
+        let as_is = matches!(raw, RawImages::Packed { .. }) && view.height() == h && view.width() == w;
+        let prepared = if as_is { convert_channels(view, c)? } else { eval_transform_u8(view, pre)? };
         return normalize_into(prepared.view(), pre, out);
     }
     let sample_len = c * h * w;
@@ -295,29 +261,17 @@ pub(crate) fn build_dataset(
     }
     if let Some(l) = &labels {
         if l.len() != raw.len() {
-            return Err(DataError::labels(
-                path,
-                format!("{} labels for {} images", l.len(), raw.len()),
-            ));
+            return Err(DataError::labels(path, format!("{} labels for {} images", l.len(), raw.len())));
         }
     }
     let indices = select_indices(raw.len(), opts, path)?;
     let [c, h, w] = pre.input_size;
     let per_image = opts.crops_per_image.max(1);
-    let n = indices
-        .len()
-        .checked_mul(per_image)
-        .ok_or(DataError::overflow("sample count"))?;
-    let chunk = (c * h * w)
-        .checked_mul(per_image)
-        .ok_or(DataError::overflow("sample size"))?;
-    let total = n
-        .checked_mul(c * h * w)
-        .ok_or(DataError::overflow("dataset size"))?;
+    let n = indices.len().checked_mul(per_image).ok_or(DataError::overflow("sample count"))?;
+    let chunk = (c * h * w).checked_mul(per_image).ok_or(DataError::overflow("sample size"))?;
+    let total = n.checked_mul(c * h * w).ok_or(DataError::overflow("dataset size"))?;
     let mut pixel_values = Vec::new();
-    pixel_values
-        .try_reserve_exact(total)
-        .map_err(|_| DataError::overflow("dataset allocation"))?;
+    pixel_values.try_reserve_exact(total).map_err(|_| DataError::overflow("dataset allocation"))?;
     pixel_values.resize(total, 0.0f32);
     if indices.len() < PARALLEL_MIN_IMAGES {
         for (out, &index) in pixel_values.chunks_exact_mut(chunk).zip(&indices) {
@@ -329,57 +283,27 @@ pub(crate) fn build_dataset(
             .zip(indices.par_iter())
             .try_for_each(|(out, &index)| process_image(raw, index, pre, opts, out))?;
     }
-    let labels = labels.map(|l| {
-        indices
-            .iter()
-            .flat_map(|&i| std::iter::repeat(l[i]).take(per_image))
-            .collect::<Vec<u32>>()
-    });
-    let dataset = Dataset {
-        pixel_values,
-        labels,
-        n,
-        c,
-        h,
-        w,
-        class_names,
-    };
+    let labels =
+        labels.map(|l| indices.iter().flat_map(|&i| std::iter::repeat(l[i]).take(per_image)).collect::<Vec<u32>>());
+    let dataset = Dataset { pixel_values, labels, n, c, h, w, class_names };
     dataset.check_labels(path)?;
     Ok(dataset)
 }
 
 /// Loads an image folder ([`list_image_folder`]): every image goes through the eval transform
 /// (or the crops).
-pub fn load_image_folder(
-    dir: &Path,
-    pre: &Preprocess,
-    opts: &LoadOptions,
-) -> Result<Dataset, DataError> {
+pub fn load_image_folder(dir: &Path, pre: &Preprocess, opts: &LoadOptions) -> Result<Dataset, DataError> {
     let listing = list_image_folder(dir, opts.class_names.as_deref())?;
-    build_dataset(
-        &RawImages::Files(&listing.files),
-        dir,
-        listing.labels,
-        listing.class_names,
-        pre,
-        opts,
-    )
+    build_dataset(&RawImages::Files(&listing.files), dir, listing.labels, listing.class_names, pre, opts)
 }
 
 /// Loads idx data: a folder holding `<split>-images-idx3-ubyte[.gz]` (and usually the
 /// matching labels file), or an images file directly (labels taken from the sibling
 /// `...labels-idx1-ubyte[.gz]` when present).
-pub fn load_idx_dataset(
-    path: &Path,
-    pre: &Preprocess,
-    opts: &LoadOptions,
-) -> Result<Dataset, DataError> {
+pub fn load_idx_dataset(path: &Path, pre: &Preprocess, opts: &LoadOptions) -> Result<Dataset, DataError> {
     let (images_path, labels_path) = if path.is_dir() {
         idx::find_idx_files(path, opts.split.idx_prefix()).ok_or_else(|| {
-            DataError::folder(
-                path,
-                format!("no {}-images-idx3-ubyte[.gz] file", opts.split.idx_prefix()),
-            )
+            DataError::folder(path, format!("no {}-images-idx3-ubyte[.gz] file", opts.split.idx_prefix()))
         })?
     } else {
         (path.to_path_buf(), idx::sibling_labels(path))
@@ -389,51 +313,27 @@ pub fn load_idx_dataset(
         Some(p) => {
             let labels = idx::read_idx_labels(p)?;
             if labels.len() != n {
-                return Err(DataError::labels(
-                    p,
-                    format!("{} labels for {n} images", labels.len()),
-                ));
+                return Err(DataError::labels(p, format!("{} labels for {n} images", labels.len())));
             }
             Some(labels)
         }
         None => None,
     };
-    let raw = RawImages::Packed {
-        data: images.data(),
-        count: n,
-        height: h,
-        width: w,
-        channels: 1,
-    };
-    build_dataset(
-        &raw,
-        &images_path,
-        labels,
-        opts.class_names.clone(),
-        pre,
-        opts,
-    )
+    let raw = RawImages::Packed { data: images.data(), count: n, height: h, width: w, channels: 1 };
+    build_dataset(&raw, &images_path, labels, opts.class_names.clone(), pre, opts)
 }
 
 fn has_idx_images(dir: &Path) -> bool {
-    ["train", "t10k"]
-        .iter()
-        .any(|p| idx::find_idx_files(dir, p).is_some())
+    ["train", "t10k"].iter().any(|p| idx::find_idx_files(dir, p).is_some())
 }
 
 fn is_idx_images_file(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.contains("idx3-ubyte"))
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains("idx3-ubyte"))
 }
 
 /// Loads whatever `path` is: a folder of idx files, an image folder, a `.safetensors` file,
 /// an idx images file, or a single jpg/png image.
-pub fn load_dataset(
-    path: &Path,
-    pre: &Preprocess,
-    opts: &LoadOptions,
-) -> Result<Dataset, DataError> {
+pub fn load_dataset(path: &Path, pre: &Preprocess, opts: &LoadOptions) -> Result<Dataset, DataError> {
     let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
     if meta.is_dir() {
         return if has_idx_images(path) {
@@ -449,17 +349,8 @@ pub fn load_dataset(
         load_idx_dataset(path, pre, opts)
     } else if is_image_file(path) {
         let files = [path.to_path_buf()];
-        build_dataset(
-            &RawImages::Files(&files),
-            path,
-            None,
-            opts.class_names.clone(),
-            pre,
-            opts,
-        )
+        build_dataset(&RawImages::Files(&files), path, None, opts.class_names.clone(), pre, opts)
     } else {
-        Err(DataError::UnknownSource {
-            path: path.to_path_buf(),
-        })
+        Err(DataError::UnknownSource { path: path.to_path_buf() })
     }
 }

@@ -82,14 +82,7 @@ mod tests {
         // Reference outputs of SplitMix64 seeded with 1234567 (from the published C code).
         let mut r = Rng::new(1234567);
         let got: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
-        assert_eq!(
-            got,
-            [
-                6457827717110365317,
-                3203168211198807973,
-                9817491932198370423
-            ]
-        );
+        assert_eq!(got, [6457827717110365317, 3203168211198807973, 9817491932198370423]);
     }
 
     #[test]
@@ -110,14 +103,8 @@ mod tests {
     fn derived_streams_differ_and_repeat() {
         let a: Vec<u64> = (0..4).map(|_| Rng::derive(9, &[1, 2]).next_u64()).collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
-        assert_ne!(
-            Rng::derive(9, &[1, 2]).next_u64(),
-            Rng::derive(9, &[2, 1]).next_u64()
-        );
-        assert_ne!(
-            Rng::derive(9, &[1]).next_u64(),
-            Rng::derive(10, &[1]).next_u64()
-        );
+        assert_ne!(Rng::derive(9, &[1, 2]).next_u64(), Rng::derive(9, &[2, 1]).next_u64());
+        assert_ne!(Rng::derive(9, &[1]).next_u64(), Rng::derive(10, &[1]).next_u64());
     }
 
     #[test]

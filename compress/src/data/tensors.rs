@@ -37,26 +37,16 @@ impl FileBytes {
     }
 }
 
-fn tensor_bytes<'a>(
-    bytes: &'a [u8],
-    info: &TensorInfo,
-    path: &Path,
-) -> Result<&'a [u8], DataError> {
-    bytes.get(info.start..info.end).ok_or_else(|| {
-        DataError::safetensors(
-            path,
-            format!("tensor `{}` lies outside the file", info.name),
-        )
-    })
+fn tensor_bytes<'a>(bytes: &'a [u8], info: &TensorInfo, path: &Path) -> Result<&'a [u8], DataError> {
+    bytes
+        .get(info.start..info.end)
+        .ok_or_else(|| DataError::safetensors(path, format!("tensor `{}` lies outside the file", info.name)))
 }
 
 /// Reads a `[N]` tensor of any integer dtype as class indices.
 fn read_labels(bytes: &[u8], info: &TensorInfo, path: &Path) -> Result<Vec<u32>, DataError> {
     if info.shape.len() != 1 {
-        return Err(DataError::labels(
-            path,
-            format!("`labels` has shape {:?}, expected [N]", info.shape),
-        ));
+        return Err(DataError::labels(path, format!("`labels` has shape {:?}, expected [N]", info.shape)));
     }
     let data = tensor_bytes(bytes, info, path)?;
     let size = info.dtype.size();
@@ -76,17 +66,10 @@ fn read_labels(bytes: &[u8], info: &TensorInfo, path: &Path) -> Result<Vec<u32>,
     let mut labels = Vec::with_capacity(info.shape[0]);
     for (i, chunk) in data.chunks_exact(size).enumerate() {
         let value = decode(chunk).ok_or_else(|| {
-            DataError::labels(
-                path,
-                format!(
-                    "`labels` has dtype {}, expected an integer type",
-                    info.dtype.name()
-                ),
-            )
+            DataError::labels(path, format!("`labels` has dtype {}, expected an integer type", info.dtype.name()))
         })?;
-        let label = u32::try_from(value).map_err(|_| {
-            DataError::labels(path, format!("label {i} is {value}, not a class index"))
-        })?;
+        let label = u32::try_from(value)
+            .map_err(|_| DataError::labels(path, format!("label {i} is {value}, not a class index")))?;
         labels.push(label);
     }
     Ok(labels)
@@ -103,32 +86,21 @@ fn copy_pixel_values(
     path: &Path,
 ) -> Result<(), DataError> {
     let size = dtype.size();
-    let stride = sample_len
-        .checked_mul(size)
-        .ok_or(DataError::overflow("pixel_values sample size"))?;
+    let stride = sample_len.checked_mul(size).ok_or(DataError::overflow("pixel_values sample size"))?;
     for &i in indices {
         let sample = i
             .checked_mul(stride)
             .and_then(|s| data.get(s..s.checked_add(stride)?))
-            .ok_or_else(|| {
-                DataError::safetensors(path, "pixel_values is shorter than its shape")
-            })?;
+            .ok_or_else(|| DataError::safetensors(path, "pixel_values is shorter than its shape"))?;
         let chunks = sample.chunks_exact(size);
         match dtype {
             DType::F32 => out.extend(chunks.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-            DType::F16 => {
-                out.extend(chunks.map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()))
-            }
-            DType::BF16 => {
-                out.extend(chunks.map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()))
-            }
+            DType::F16 => out.extend(chunks.map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
+            DType::BF16 => out.extend(chunks.map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())),
             other => {
                 return Err(DataError::safetensors(
                     path,
-                    format!(
-                        "`pixel_values` has dtype {}, expected F32, F16 or BF16",
-                        other.name()
-                    ),
+                    format!("`pixel_values` has dtype {}, expected F32, F16 or BF16", other.name()),
                 ))
             }
         }
@@ -136,18 +108,12 @@ fn copy_pixel_values(
     Ok(())
 }
 
-fn metadata_class_names(
-    container: &Container,
-    path: &Path,
-) -> Result<Option<Vec<String>>, DataError> {
+fn metadata_class_names(container: &Container, path: &Path) -> Result<Option<Vec<String>>, DataError> {
     let Some(text) = container.metadata("class_names") else {
         return Ok(None);
     };
     let names: Vec<String> = serde_json::from_str(text).map_err(|e| {
-        DataError::safetensors(
-            path,
-            format!("metadata `class_names` is not a JSON array of strings: {e}"),
-        )
+        DataError::safetensors(path, format!("metadata `class_names` is not a JSON array of strings: {e}"))
     })?;
     Ok(Some(names))
 }
@@ -161,15 +127,10 @@ fn metadata_class_names(
 ///   from the model input (used as is when equal), and normalised.
 /// * `labels` (`[N]`, any integer dtype) is optional. Class names come from the options, else
 ///   from the `class_names` metadata entry.
-pub fn load_safetensors_dataset(
-    path: &Path,
-    pre: &Preprocess,
-    opts: &LoadOptions,
-) -> Result<Dataset, DataError> {
+pub fn load_safetensors_dataset(path: &Path, pre: &Preprocess, opts: &LoadOptions) -> Result<Dataset, DataError> {
     let file = FileBytes::open(path)?;
     let bytes = file.bytes();
-    let container =
-        Container::parse(bytes).map_err(|e| DataError::safetensors(path, e.to_string()))?;
+    let container = Container::parse(bytes).map_err(|e| DataError::safetensors(path, e.to_string()))?;
     let labels = match container.get("labels") {
         Some(info) => Some(read_labels(bytes, info, path)?),
         None => None,
@@ -180,10 +141,7 @@ pub fn load_safetensors_dataset(
     };
     let check_count = |n: usize| -> Result<(), DataError> {
         match &labels {
-            Some(l) if l.len() != n => Err(DataError::labels(
-                path,
-                format!("{} labels for {n} samples", l.len()),
-            )),
+            Some(l) if l.len() != n => Err(DataError::labels(path, format!("{} labels for {n} samples", l.len()))),
             _ => Ok(()),
         }
     };
@@ -193,10 +151,7 @@ pub fn load_safetensors_dataset(
         let &[n, fc, fh, fw] = info.shape.as_slice() else {
             return Err(DataError::safetensors(
                 path,
-                format!(
-                    "`pixel_values` has shape {:?}, expected [N, C, H, W]",
-                    info.shape
-                ),
+                format!("`pixel_values` has shape {:?}, expected [N, C, H, W]", info.shape),
             ));
         };
         if [fc, fh, fw] != [c, h, w] {
@@ -206,56 +161,28 @@ pub fn load_safetensors_dataset(
             ));
         }
         if opts.crops_per_image > 0 {
-            return Err(DataError::Options(
-                "crops need raw images; this file holds normalised pixel_values".into(),
-            ));
+            return Err(DataError::Options("crops need raw images; this file holds normalised pixel_values".into()));
         }
         check_count(n)?;
         let indices = select_indices(n, opts, path)?;
         let sample_len = c * h * w;
         let mut pixel_values = Vec::new();
         pixel_values
-            .try_reserve_exact(
-                indices
-                    .len()
-                    .checked_mul(sample_len)
-                    .ok_or(DataError::overflow("dataset size"))?,
-            )
+            .try_reserve_exact(indices.len().checked_mul(sample_len).ok_or(DataError::overflow("dataset size"))?)
             .map_err(|_| DataError::overflow("dataset allocation"))?;
         let data = tensor_bytes(bytes, info, path)?;
-        copy_pixel_values(
-            data,
-            info.dtype,
-            sample_len,
-            &indices,
-            &mut pixel_values,
-            path,
-        )?;
+        copy_pixel_values(data, info.dtype, sample_len, &indices, &mut pixel_values, path)?;
         let labels = labels.map(|l| indices.iter().map(|&i| l[i]).collect());
-        let dataset = Dataset {
-            pixel_values,
-            labels,
-            n: indices.len(),
-            c,
-            h,
-            w,
-            class_names,
-        };
+        let dataset = Dataset { pixel_values, labels, n: indices.len(), c, h, w, class_names };
         dataset.check_labels(path)?;
         return Ok(dataset);
     }
 
     let Some(info) = container.get("images") else {
-        return Err(DataError::safetensors(
-            path,
-            "holds neither `pixel_values` nor `images`",
-        ));
+        return Err(DataError::safetensors(path, "holds neither `pixel_values` nor `images`"));
     };
     if info.dtype != DType::U8 {
-        return Err(DataError::safetensors(
-            path,
-            format!("`images` has dtype {}, expected U8", info.dtype.name()),
-        ));
+        return Err(DataError::safetensors(path, format!("`images` has dtype {}, expected U8", info.dtype.name())));
     }
     let (n, h, w, c) = match *info.shape.as_slice() {
         [n, h, w] => (n, h, w, 1),
@@ -263,21 +190,12 @@ pub fn load_safetensors_dataset(
         _ => {
             return Err(DataError::safetensors(
                 path,
-                format!(
-                    "`images` has shape {:?}, expected [N, H, W] or [N, H, W, C] with C ≤ 4",
-                    info.shape
-                ),
+                format!("`images` has shape {:?}, expected [N, H, W] or [N, H, W, C] with C ≤ 4", info.shape),
             ))
         }
     };
     check_count(n)?;
     let data = tensor_bytes(bytes, info, path)?;
-    let raw = RawImages::Packed {
-        data,
-        count: n,
-        height: h,
-        width: w,
-        channels: c,
-    };
+    let raw = RawImages::Packed { data, count: n, height: h, width: w, channels: c };
     build_dataset(&raw, path, labels, class_names, pre, opts)
 }

@@ -3,9 +3,7 @@
 
 use factorvit::Preprocess;
 
-use super::{
-    convert_channels, crop, flip_horizontal, resize, validate_preprocess, ImageU8, ImageView,
-};
+use super::{convert_channels, crop, flip_horizontal, resize, validate_preprocess, ImageU8, ImageView};
 use crate::data::{DataError, Rng};
 
 /// Parameters of the crop augmentation.
@@ -23,11 +21,7 @@ impl Default for CropAugment {
     /// Area in `[0.35, 1]`, aspect in `[3/4, 4/3]`, flip with probability 1/2: milder than
     /// ImageNet training (`scale = [0.08, 1]`) so calibration crops keep their subject.
     fn default() -> CropAugment {
-        CropAugment {
-            scale: [0.35, 1.0],
-            ratio: [3.0 / 4.0, 4.0 / 3.0],
-            hflip_prob: 0.5,
-        }
+        CropAugment { scale: [0.35, 1.0], ratio: [3.0 / 4.0, 4.0 / 3.0], hflip_prob: 0.5 }
     }
 }
 
@@ -47,9 +41,7 @@ impl CropAugment {
         if ok {
             Ok(())
         } else {
-            Err(DataError::Options(format!(
-                "invalid crop augmentation {self:?}"
-            )))
+            Err(DataError::Options(format!("invalid crop augmentation {self:?}")))
         }
     }
 }
@@ -82,35 +74,19 @@ pub fn sample_crop_box(width: usize, height: usize, aug: &CropAugment, rng: &mut
             let (w, h) = (w as usize, h as usize);
             let top = rng.below((height - h + 1) as u64) as usize;
             let left = rng.below((width - w + 1) as u64) as usize;
-            return CropBox {
-                left,
-                top,
-                width: w,
-                height: h,
-            };
+            return CropBox { left, top, width: w, height: h };
         }
     }
     // Fallback: central crop clamped to the aspect range.
     let in_ratio = width as f64 / height as f64;
     let (w, h) = if in_ratio < aug.ratio[0] {
-        (
-            width,
-            ((width as f64 / aug.ratio[0]).round() as usize).clamp(1, height),
-        )
+        (width, ((width as f64 / aug.ratio[0]).round() as usize).clamp(1, height))
     } else if in_ratio > aug.ratio[1] {
-        (
-            ((height as f64 * aug.ratio[1]).round() as usize).clamp(1, width),
-            height,
-        )
+        (((height as f64 * aug.ratio[1]).round() as usize).clamp(1, width), height)
     } else {
         (width, height)
     };
-    CropBox {
-        left: (width - w) / 2,
-        top: (height - h) / 2,
-        width: w,
-        height: h,
-    }
+    CropBox { left: (width - w) / 2, top: (height - h) / 2, width: w, height: h }
 }
 
 /// One augmented model input: channel conversion, a random crop, resize to the model input
@@ -137,9 +113,5 @@ pub fn augmented_crop(
     // Box coordinates are below the image size, hence within isize.
     let cropped = crop(img, b.left as isize, b.top as isize, b.width, b.height)?;
     let resized = resize(cropped.view(), w, h, pre.interpolation)?;
-    Ok(if rng.bernoulli(aug.hflip_prob) {
-        flip_horizontal(&resized)
-    } else {
-        resized
-    })
+    Ok(if rng.bernoulli(aug.hflip_prob) { flip_horizontal(&resized) } else { resized })
 }

@@ -44,29 +44,14 @@ pub struct ImageView<'a> {
 impl<'a> ImageView<'a> {
     /// Wraps `data`; fails unless `1 <= channels <= 4`, both sizes are non-zero and
     /// `data.len() == width * height * channels`.
-    pub fn new(
-        width: usize,
-        height: usize,
-        channels: usize,
-        data: &'a [u8],
-    ) -> Result<ImageView<'a>, DataError> {
+    pub fn new(width: usize, height: usize, channels: usize, data: &'a [u8]) -> Result<ImageView<'a>, DataError> {
         check_layout(width, height, channels, data.len())?;
-        Ok(ImageView {
-            width,
-            height,
-            channels,
-            data,
-        })
+        Ok(ImageView { width, height, channels, data })
     }
 
     /// Views an `image` crate RGB buffer.
     pub fn from_rgb(img: &'a RgbImage) -> ImageView<'a> {
-        ImageView {
-            width: img.width() as usize,
-            height: img.height() as usize,
-            channels: 3,
-            data: img.as_raw(),
-        }
+        ImageView { width: img.width() as usize, height: img.height() as usize, channels: 3, data: img.as_raw() }
     }
 
     /// Width in pixels.
@@ -91,12 +76,7 @@ impl<'a> ImageView<'a> {
 
     /// An owned copy.
     pub fn to_owned_image(&self) -> ImageU8 {
-        ImageU8 {
-            width: self.width,
-            height: self.height,
-            channels: self.channels,
-            data: self.data.to_vec(),
-        }
+        ImageU8 { width: self.width, height: self.height, channels: self.channels, data: self.data.to_vec() }
     }
 }
 
@@ -111,40 +91,20 @@ pub struct ImageU8 {
 
 impl ImageU8 {
     /// Takes ownership of `data`; same checks as [`ImageView::new`].
-    pub fn new(
-        width: usize,
-        height: usize,
-        channels: usize,
-        data: Vec<u8>,
-    ) -> Result<ImageU8, DataError> {
+    pub fn new(width: usize, height: usize, channels: usize, data: Vec<u8>) -> Result<ImageU8, DataError> {
         check_layout(width, height, channels, data.len())?;
-        Ok(ImageU8 {
-            width,
-            height,
-            channels,
-            data,
-        })
+        Ok(ImageU8 { width, height, channels, data })
     }
 
     /// Converts an `image` crate RGB buffer (no copy).
     pub fn from_rgb(img: RgbImage) -> ImageU8 {
         let (width, height) = (img.width() as usize, img.height() as usize);
-        ImageU8 {
-            width,
-            height,
-            channels: 3,
-            data: img.into_raw(),
-        }
+        ImageU8 { width, height, channels: 3, data: img.into_raw() }
     }
 
     /// Borrows as a view.
     pub fn view(&self) -> ImageView<'_> {
-        ImageView {
-            width: self.width,
-            height: self.height,
-            channels: self.channels,
-            data: &self.data,
-        }
+        ImageView { width: self.width, height: self.height, channels: self.channels, data: &self.data }
     }
 
     /// Width in pixels.
@@ -175,19 +135,13 @@ impl ImageU8 {
 
 fn check_layout(width: usize, height: usize, channels: usize, len: usize) -> Result<(), DataError> {
     if !(1..=4).contains(&channels) {
-        return Err(DataError::Preprocess(format!(
-            "{channels} channels per pixel (1 to 4 supported)"
-        )));
+        return Err(DataError::Preprocess(format!("{channels} channels per pixel (1 to 4 supported)")));
     }
     if width == 0 || height == 0 {
-        return Err(DataError::Preprocess(format!(
-            "empty image ({width}×{height})"
-        )));
+        return Err(DataError::Preprocess(format!("empty image ({width}×{height})")));
     }
-    let expected = width
-        .checked_mul(height)
-        .and_then(|p| p.checked_mul(channels))
-        .ok_or(DataError::overflow("image size"))?;
+    let expected =
+        width.checked_mul(height).and_then(|p| p.checked_mul(channels)).ok_or(DataError::overflow("image size"))?;
     if expected != len {
         return Err(DataError::Preprocess(format!(
             "a {width}×{height}×{channels} image needs {expected} bytes, got {len}"
@@ -208,9 +162,7 @@ pub fn luma(r: u8, g: u8, b: u8) -> u8 {
 /// `convert('RGB')` / `convert('L')` do.
 pub fn convert_channels(img: ImageView<'_>, channels: usize) -> Result<ImageU8, DataError> {
     if channels != 1 && channels != 3 {
-        return Err(DataError::Preprocess(format!(
-            "models with {channels} input channels are not supported (1 or 3)"
-        )));
+        return Err(DataError::Preprocess(format!("models with {channels} input channels are not supported (1 or 3)")));
     }
     let c = img.channels;
     if c == channels {
@@ -224,69 +176,33 @@ pub fn convert_channels(img: ImageView<'_>, channels: usize) -> Result<ImageU8, 
         (4, 3) => pixels.flat_map(|p| [p[0], p[1], p[2]]).collect(),
         _ => unreachable!("channels validated above"),
     };
-    Ok(ImageU8 {
-        width: img.width,
-        height: img.height,
-        channels,
-        data,
-    })
+    Ok(ImageU8 { width: img.width, height: img.height, channels, data })
 }
 
 /// Resizes to `width × height` bit-exactly like `PIL.Image.resize((width, height), filter)`
 /// (antialiased bicubic / bilinear, or nearest neighbour).
-pub fn resize(
-    img: ImageView<'_>,
-    width: usize,
-    height: usize,
-    filter: Interpolation,
-) -> Result<ImageU8, DataError> {
+pub fn resize(img: ImageView<'_>, width: usize, height: usize, filter: Interpolation) -> Result<ImageU8, DataError> {
     check_source(img)?;
     check_target(width, height, img.channels)?;
-    let region = Region {
-        x0: 0,
-        y0: 0,
-        x1: width,
-        y1: height,
-    };
-    let data = resize_region(
-        img.data,
-        img.width,
-        img.height,
-        img.channels,
-        width,
-        height,
-        filter,
-        region,
-    );
-    Ok(ImageU8 {
-        width,
-        height,
-        channels: img.channels,
-        data,
-    })
+    let region = Region { x0: 0, y0: 0, x1: width, y1: height };
+    let data = resize_region(img.data, img.width, img.height, img.channels, width, height, filter, region);
+    Ok(ImageU8 { width, height, channels: img.channels, data })
 }
 
 /// Views built from an `image` crate buffer skip [`ImageView::new`]'s checks: reject empty
 /// images before resampling them.
 fn check_source(img: ImageView<'_>) -> Result<(), DataError> {
     if img.width == 0 || img.height == 0 {
-        return Err(DataError::Preprocess(format!(
-            "empty image ({}×{})",
-            img.width, img.height
-        )));
+        return Err(DataError::Preprocess(format!("empty image ({}×{})", img.width, img.height)));
     }
     Ok(())
 }
 
 fn check_target(width: usize, height: usize, channels: usize) -> Result<(), DataError> {
     if width == 0 || height == 0 {
-        return Err(DataError::Preprocess(format!(
-            "cannot resize to {width}×{height}"
-        )));
+        return Err(DataError::Preprocess(format!("cannot resize to {width}×{height}")));
     }
-    let pixels = width
-        .checked_mul(height)
-        .ok_or(DataError::overflow("resized image size"))?;
+    let pixels = width.checked_mul(height).ok_or(DataError::overflow("resized image size"))?;
     if pixels > MAX_PIXELS || pixels.checked_mul(channels).is_none() {
         return Err(DataError::Preprocess(format!(
             "resized image {width}×{height} exceeds the {MAX_PIXELS}-pixel limit"
@@ -297,13 +213,7 @@ fn check_target(width: usize, height: usize, channels: usize) -> Result<(), Data
 
 /// Crops the rectangle at (`left`, `top`) of size `width × height` like PIL's `Image.crop`:
 /// the rectangle may extend past the image, where it is filled with zeros.
-pub fn crop(
-    img: ImageView<'_>,
-    left: isize,
-    top: isize,
-    width: usize,
-    height: usize,
-) -> Result<ImageU8, DataError> {
+pub fn crop(img: ImageView<'_>, left: isize, top: isize, width: usize, height: usize) -> Result<ImageU8, DataError> {
     check_target(width, height, img.channels)?;
     let c = img.channels;
     let mut data = vec![0u8; width * height * c];
@@ -318,20 +228,12 @@ pub fn crop(
             }
         }
     }
-    Ok(ImageU8 {
-        width,
-        height,
-        channels: c,
-        data,
-    })
+    Ok(ImageU8 { width, height, channels: c, data })
 }
 
 /// `base + delta` as an index, `None` when negative or unrepresentable.
 fn offset(base: isize, delta: usize) -> Option<usize> {
-    isize::try_from(delta)
-        .ok()
-        .and_then(|d| base.checked_add(d))
-        .and_then(|v| usize::try_from(v).ok())
+    isize::try_from(delta).ok().and_then(|d| base.checked_add(d)).and_then(|v| usize::try_from(v).ok())
 }
 
 /// Mirrors left-right (`transforms.RandomHorizontalFlip` when it fires).
@@ -343,12 +245,7 @@ pub fn flip_horizontal(img: &ImageU8) -> ImageU8 {
             data.extend_from_slice(px);
         }
     }
-    ImageU8 {
-        width: img.width,
-        height: img.height,
-        channels: c,
-        data,
-    }
+    ImageU8 { width: img.width, height: img.height, channels: c, data }
 }
 
 /// Geometry of timm's eval transform for one source image.
@@ -375,10 +272,7 @@ pub struct EvalGeometry {
 /// decimal form (`0.9`, `0.875`, ...) is what timm's configs contain, so `floor(224 / 0.9)` is
 /// evaluated on the same double as in Python.
 fn crop_pct_f64(crop_pct: f32) -> f64 {
-    crop_pct
-        .to_string()
-        .parse::<f64>()
-        .unwrap_or(f64::from(crop_pct))
+    crop_pct.to_string().parse::<f64>().unwrap_or(f64::from(crop_pct))
 }
 
 /// Python's `round(x)` for non-negative finite `x`: nearest integer, ties to even.
@@ -396,14 +290,10 @@ fn round_half_even(x: f64) -> f64 {
 pub fn validate_preprocess(pre: &Preprocess) -> Result<(), DataError> {
     let [c, h, w] = pre.input_size;
     if c != 1 && c != 3 {
-        return Err(DataError::Preprocess(format!(
-            "{c} input channels (1 or 3 supported)"
-        )));
+        return Err(DataError::Preprocess(format!("{c} input channels (1 or 3 supported)")));
     }
     if h == 0 || w == 0 || h > 8192 || w > 8192 {
-        return Err(DataError::Preprocess(format!(
-            "input size {h}×{w} is out of range"
-        )));
+        return Err(DataError::Preprocess(format!("input size {h}×{w} is out of range")));
     }
     if pre.mean.len() != c || pre.std.len() != c {
         return Err(DataError::Preprocess(format!(
@@ -412,18 +302,11 @@ pub fn validate_preprocess(pre: &Preprocess) -> Result<(), DataError> {
             pre.std.len()
         )));
     }
-    if pre.std.iter().any(|&s| !(s.is_finite() && s != 0.0))
-        || pre.mean.iter().any(|m| !m.is_finite())
-    {
-        return Err(DataError::Preprocess(
-            "mean must be finite and std finite and non-zero".into(),
-        ));
+    if pre.std.iter().any(|&s| !(s.is_finite() && s != 0.0)) || pre.mean.iter().any(|m| !m.is_finite()) {
+        return Err(DataError::Preprocess("mean must be finite and std finite and non-zero".into()));
     }
     if !(pre.crop_pct > 0.0 && pre.crop_pct <= 1.0) {
-        return Err(DataError::Preprocess(format!(
-            "crop_pct {} must be in (0, 1]",
-            pre.crop_pct
-        )));
+        return Err(DataError::Preprocess(format!("crop_pct {} must be in (0, 1]", pre.crop_pct)));
     }
     Ok(())
 }
@@ -440,34 +323,20 @@ pub fn validate_preprocess(pre: &Preprocess) -> Result<(), DataError> {
 ///
 /// The crop is torchvision's `CenterCrop((H, W))`: offsets `int(round((L - H) / 2))`, zero
 /// padding (negative offsets) when the resized image is smaller than the crop.
-pub fn eval_geometry(
-    width: usize,
-    height: usize,
-    pre: &Preprocess,
-) -> Result<EvalGeometry, DataError> {
+pub fn eval_geometry(width: usize, height: usize, pre: &Preprocess) -> Result<EvalGeometry, DataError> {
     validate_preprocess(pre)?;
     if width == 0 || height == 0 {
-        return Err(DataError::Preprocess(format!(
-            "empty image ({width}×{height})"
-        )));
+        return Err(DataError::Preprocess(format!("empty image ({width}×{height})")));
     }
     let [_, th, tw] = pre.input_size;
     let crop_pct = crop_pct_f64(pre.crop_pct);
     let scale_h = (th as f64 / crop_pct).floor();
     let scale_w = (tw as f64 / crop_pct).floor();
     let (rw, rh, interpolation) = if scale_h == scale_w {
-        let (short, long) = if width <= height {
-            (width, height)
-        } else {
-            (height, width)
-        };
+        let (short, long) = if width <= height { (width, height) } else { (height, width) };
         let new_short = scale_h;
         let new_long = (scale_h * long as f64 / short as f64).trunc();
-        let (nw, nh) = if width <= height {
-            (new_short, new_long)
-        } else {
-            (new_long, new_short)
-        };
+        let (nw, nh) = if width <= height { (new_short, new_long) } else { (new_long, new_short) };
         (nw, nh, pre.interpolation)
     } else {
         let ratio_h = height as f64 / scale_h;
@@ -516,44 +385,16 @@ pub fn eval_transform_u8(img: ImageView<'_>, pre: &Preprocess) -> Result<ImageU8
         converted = convert_channels(img, pre.input_size[0])?;
         converted.view()
     };
-    let EvalGeometry {
-        resized_width: rw,
-        resized_height: rh,
-        crop_left,
-        crop_top,
-        ..
-    } = geometry;
+    let EvalGeometry { resized_width: rw, resized_height: rh, crop_left, crop_top, .. } = geometry;
     let (cw, ch) = (geometry.crop_width, geometry.crop_height);
-    let inside = crop_left >= 0
-        && crop_top >= 0
-        && crop_left as usize + cw <= rw
-        && crop_top as usize + ch <= rh;
+    let inside = crop_left >= 0 && crop_top >= 0 && crop_left as usize + cw <= rw && crop_top as usize + ch <= rh;
     if inside {
         // Compute only the cropped pixels of the resized image (same bytes, less work).
         check_target(rw, rh, img.channels)?;
         let (x0, y0) = (crop_left as usize, crop_top as usize);
-        let region = Region {
-            x0,
-            y0,
-            x1: x0 + cw,
-            y1: y0 + ch,
-        };
-        let data = resize_region(
-            img.data,
-            img.width,
-            img.height,
-            img.channels,
-            rw,
-            rh,
-            geometry.interpolation,
-            region,
-        );
-        Ok(ImageU8 {
-            width: cw,
-            height: ch,
-            channels: img.channels,
-            data,
-        })
+        let region = Region { x0, y0, x1: x0 + cw, y1: y0 + ch };
+        let data = resize_region(img.data, img.width, img.height, img.channels, rw, rh, geometry.interpolation, region);
+        Ok(ImageU8 { width: cw, height: ch, channels: img.channels, data })
     } else {
         let resized = resize(img, rw, rh, geometry.interpolation)?;
         crop(resized.view(), crop_left, crop_top, cw, ch)
@@ -563,11 +404,7 @@ pub fn eval_transform_u8(img: ImageView<'_>, pre: &Preprocess) -> Result<ImageU8
 /// `ToTensor` + `Normalize`: writes `[C, H, W]` floats `((v / 255) - mean) / std` (each step
 /// in f32, like torchvision) into `out`. The image must already have the model's channel count
 /// and size.
-pub fn normalize_into(
-    img: ImageView<'_>,
-    pre: &Preprocess,
-    out: &mut [f32],
-) -> Result<(), DataError> {
+pub fn normalize_into(img: ImageView<'_>, pre: &Preprocess, out: &mut [f32]) -> Result<(), DataError> {
     validate_preprocess(pre)?;
     let [c, h, w] = pre.input_size;
     if img.channels != c || img.height != h || img.width != w {
@@ -578,18 +415,12 @@ pub fn normalize_into(
     }
     let plane = h * w;
     if out.len() != plane * c {
-        return Err(DataError::Preprocess(format!(
-            "output buffer holds {} floats, need {}",
-            out.len(),
-            plane * c
-        )));
+        return Err(DataError::Preprocess(format!("output buffer holds {} floats, need {}", out.len(), plane * c)));
     }
     for (ch, dst) in out.chunks_exact_mut(plane).enumerate() {
         // A 256-entry table per channel: every entry is computed with the exact f32 steps.
         let (mean, std) = (pre.mean[ch], pre.std[ch]);
-        let table: Vec<f32> = (0..=255u8)
-            .map(|v| (f32::from(v) / 255.0 - mean) / std)
-            .collect();
+        let table: Vec<f32> = (0..=255u8).map(|v| (f32::from(v) / 255.0 - mean) / std).collect();
         for (d, px) in dst.iter_mut().zip(img.data.chunks_exact(c)) {
             *d = table[usize::from(px[ch])];
         }
@@ -622,10 +453,8 @@ pub fn load_image(path: &Path) -> Result<RgbImage, DataError> {
     let img = load_image_u8(path)?;
     let img = convert_channels(img.view(), 3)?;
     let (w, h) = (img.width as u32, img.height as u32);
-    RgbImage::from_raw(w, h, img.data).ok_or_else(|| DataError::Image {
-        path: path.to_path_buf(),
-        message: "inconsistent decoded buffer".into(),
-    })
+    RgbImage::from_raw(w, h, img.data)
+        .ok_or_else(|| DataError::Image { path: path.to_path_buf(), message: "inconsistent decoded buffer".into() })
 }
 
 /// Decodes a JPEG or PNG file keeping grey images single-channel (1 channel for grey and
@@ -639,41 +468,25 @@ pub fn load_image_u8(path: &Path) -> Result<ImageU8, DataError> {
 /// [`load_image_u8`] on bytes already in memory; `path` only names the image in errors.
 pub fn decode_image(bytes: &[u8], path: &Path) -> Result<ImageU8, DataError> {
     use image::DynamicImage as D;
-    let bad = |message: String| DataError::Image {
-        path: path.to_path_buf(),
-        message,
-    };
+    let bad = |message: String| DataError::Image { path: path.to_path_buf(), message };
     let format = image::guess_format(bytes).map_err(|e| bad(e.to_string()))?;
     if !matches!(format, image::ImageFormat::Png | image::ImageFormat::Jpeg) {
-        return Err(bad(format!(
-            "{format:?} images are not supported (PNG or JPEG)"
-        )));
+        return Err(bad(format!("{format:?} images are not supported (PNG or JPEG)")));
     }
-    let decoded =
-        image::load_from_memory_with_format(bytes, format).map_err(|e| bad(e.to_string()))?;
+    let decoded = image::load_from_memory_with_format(bytes, format).map_err(|e| bad(e.to_string()))?;
     let (w, h) = (decoded.width() as usize, decoded.height() as usize);
     let high = |v: &u16| (v >> 8) as u8;
     let (channels, data): (usize, Vec<u8>) = match decoded {
         D::ImageLuma8(b) => (1, b.into_raw()),
         D::ImageLumaA8(b) => (1, b.into_raw().chunks_exact(2).map(|p| p[0]).collect()),
         D::ImageRgb8(b) => (3, b.into_raw()),
-        D::ImageRgba8(b) => (
-            3,
-            b.into_raw()
-                .chunks_exact(4)
-                .flat_map(|p| [p[0], p[1], p[2]])
-                .collect(),
-        ),
+        D::ImageRgba8(b) => (3, b.into_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect()),
         D::ImageLuma16(b) => (1, b.as_raw().iter().map(high).collect()),
         D::ImageLumaA16(b) => (1, b.as_raw().chunks_exact(2).map(|p| high(&p[0])).collect()),
         D::ImageRgb16(b) => (3, b.as_raw().iter().map(high).collect()),
-        D::ImageRgba16(b) => (
-            3,
-            b.as_raw()
-                .chunks_exact(4)
-                .flat_map(|p| [high(&p[0]), high(&p[1]), high(&p[2])])
-                .collect(),
-        ),
+        D::ImageRgba16(b) => {
+            (3, b.as_raw().chunks_exact(4).flat_map(|p| [high(&p[0]), high(&p[1]), high(&p[2])]).collect())
+        }
         other => (3, other.to_rgb8().into_raw()),
     };
     ImageU8::new(w, h, channels, data)

@@ -108,19 +108,11 @@ impl Taps {
             for (dst, &t) in row.iter_mut().zip(&taps[..count]) {
                 let t = if total != 0.0 { t / total } else { t };
                 let scaled = t * f64::from(1u32 << PRECISION_BITS);
-                *dst = if t < 0.0 {
-                    (-0.5 + scaled) as i32
-                } else {
-                    (0.5 + scaled) as i32
-                };
+                *dst = if t < 0.0 { (-0.5 + scaled) as i32 } else { (0.5 + scaled) as i32 };
             }
             bounds.push((xmin, count));
         }
-        Taps {
-            stride,
-            bounds,
-            weights,
-        }
+        Taps { stride, bounds, weights }
     }
 
     fn taps(&self, out_index: usize) -> (usize, &[i32]) {
@@ -170,26 +162,8 @@ pub(crate) fn resize_region(
     }
     match filter {
         Interpolation::Nearest => nearest(src, width, height, channels, out_w, out_h, region),
-        Interpolation::Bilinear => convolve(
-            src,
-            width,
-            height,
-            channels,
-            out_w,
-            out_h,
-            Kernel::Bilinear,
-            region,
-        ),
-        Interpolation::Bicubic => convolve(
-            src,
-            width,
-            height,
-            channels,
-            out_w,
-            out_h,
-            Kernel::Bicubic,
-            region,
-        ),
+        Interpolation::Bilinear => convolve(src, width, height, channels, out_w, out_h, Kernel::Bilinear, region),
+        Interpolation::Bicubic => convolve(src, width, height, channels, out_w, out_h, Kernel::Bicubic, region),
     }
 }
 
@@ -329,11 +303,7 @@ fn nearest_table(in_size: usize, out_size: usize) -> Vec<usize> {
     for _ in 0..out_size {
         // Pillow's COORD: negative → -1 (out of range), else truncate. Positions are never
         // negative here and never reach `in_size` in practice; clamp defensively.
-        let index = if pos < 0.0 {
-            0
-        } else {
-            (pos as usize).min(in_size - 1)
-        };
+        let index = if pos < 0.0 { 0 } else { (pos as usize).min(in_size - 1) };
         table.push(index);
         pos += step;
     }
@@ -367,14 +337,7 @@ mod tests {
 
     #[test]
     fn taps_sum_to_one_in_fixed_point() {
-        for &(i, o) in &[
-            (451usize, 372usize),
-            (300, 248),
-            (28, 224),
-            (7, 3),
-            (3, 7),
-            (1, 5),
-        ] {
+        for &(i, o) in &[(451usize, 372usize), (300, 248), (28, 224), (7, 3), (3, 7), (1, 5)] {
             for kernel in [Kernel::Bilinear, Kernel::Bicubic] {
                 let taps = Taps::new(i, o, kernel);
                 for xx in 0..o {
