@@ -15,9 +15,41 @@ use crate::resample;
 /// Upper bound on threads per session (work descriptors live on the stack).
 pub const MAX_THREADS: usize = 64;
 
-/// Query rows per attention work item. Fixed (independent of the thread count) so that the
-/// decomposition, and therefore every result bit, is the same for any number of threads.
-const ATTN_QUERY_CHUNK: usize = 16;
+/// Splits the query rows of one image into attention work items: one item per image on one
+/// thread (keys and values are packed once per head), else about two items per thread for load
+/// balance. Every row's result is independent of the split (the kernels compute each output
+/// row with the same operation sequence whatever the row count, except for single-row calls,
+/// which take a matrix-vector path), so items never have exactly one row: results are
+/// bit-identical for any thread count.
+#[derive(Debug, Clone, Copy)]
+struct QuerySplit {
+    tokens: usize,
+    rows: usize,
+    chunks: usize,
+}
+
+impl QuerySplit {
+    fn new(tokens: usize, threads: usize) -> QuerySplit {
+        let rows = if threads <= 1 { tokens } else { tokens.div_ceil(2 * threads).max(2) };
+        let mut chunks = tokens.div_ceil(rows).max(1);
+        if chunks > 1 && tokens - (chunks - 1) * rows == 1 {
+            chunks -= 1; // fold a one-row remainder into the previous item
+        }
+        QuerySplit { tokens, rows, chunks }
+    }
+
+    /// Query rows `start..end` (within one image) of item `c`.
+    fn range(&self, c: usize) -> core::ops::Range<usize> {
+        let start = c * self.rows;
+        let end = if c + 1 == self.chunks { self.tokens } else { start + self.rows };
+        start..end
+    }
+
+    /// Rows of the largest item.
+    fn max_rows(&self) -> usize {
+        (0..self.chunks).map(|c| self.range(c).len()).max().unwrap_or(0)
+    }
+}
 
 /// How to build a [`Session`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,7 +228,8 @@ impl<'m, 'a> Session<'m, 'a> {
         let backend = Backend::detect();
         let threads = exec.threads();
         let scratch = (0..threads).map(|_| Scratch::new(backend)).collect();
-        let scores = (0..threads).map(|_| vec![0.0f32; ATTN_QUERY_CHUNK * tokens]).collect();
+        let split_rows = QuerySplit::new(tokens, threads).max_rows();
+        let scores = (0..threads).map(|_| vec![0.0f32; split_rows * tokens]).collect();
         let num_classes = c.num_classes;
         Ok(Session {
             model,
@@ -529,7 +562,8 @@ impl<'m, 'a> Session<'m, 'a> {
         let (t, d, heads) = (self.tokens, c.embed_dim, c.num_heads);
         let dh = d / heads;
         let scale = 1.0 / libm::sqrtf(dh as f32);
-        let chunks_per_image = t.div_ceil(ATTN_QUERY_CHUNK);
+        let split = QuerySplit::new(t, self.exec.threads());
+        let chunks_per_image = split.chunks;
         let items = self.batch * chunks_per_image;
         let threads = self.exec.threads().min(items).max(1);
         let backend = self.backend;
@@ -539,8 +573,8 @@ impl<'m, 'a> Session<'m, 'a> {
         // each thread's items form one contiguous slice of `ctx`.
         let item_rows = |i: usize| {
             let (b, ch) = (i / chunks_per_image, i % chunks_per_image);
-            let start = b * t + ch * ATTN_QUERY_CHUNK;
-            start..(b * t + ((ch + 1) * ATTN_QUERY_CHUNK).min(t))
+            let r = split.range(ch);
+            b * t + r.start..b * t + r.end
         };
         let mut tasks: [Option<AttnTask<'_>>; MAX_THREADS] = [const { None }; MAX_THREADS];
         let mut rest = &mut self.ctx[..self.batch * t * d];
@@ -851,4 +885,27 @@ fn session_positions(model: &Model<'_>, grid: [usize; 2]) -> Vec<f32> {
     pos.extend_from_slice(&model.pos_embed[..prefix * d]);
     pos.extend_from_slice(&resampled);
     pos
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QuerySplit;
+
+    #[test]
+    fn query_split_covers_rows_without_single_row_items() {
+        for tokens in 1..300 {
+            for threads in 1..9 {
+                let s = QuerySplit::new(tokens, threads);
+                let mut next = 0;
+                for c in 0..s.chunks {
+                    let r = s.range(c);
+                    assert_eq!(r.start, next);
+                    assert!(r.len() >= 2 || tokens == 1, "tokens {tokens} threads {threads}: {r:?}");
+                    next = r.end;
+                }
+                assert_eq!(next, tokens);
+                assert!(s.max_rows() * tokens > 0);
+            }
+        }
+    }
 }
