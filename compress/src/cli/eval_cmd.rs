@@ -1,0 +1,161 @@
+//! `factorvit eval`: accuracy on labelled images and fidelity against a reference model.
+
+use std::path::PathBuf;
+
+use factorvit_compress::data::LoadOptions;
+use factorvit_compress::method::eval::{self, Metrics};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::compress_cmd::{configure_threads, SplitArg};
+use super::model::open_model;
+use super::{CliError, Context, Global};
+
+pub const AFTER_HELP: &str = "\
+Examples:
+  factorvit eval --model tiny-40.fvit --data /usr/share/datasets/fashion-mnist --reference fmnist-deit-tiny
+  factorvit eval --model dinov2-50.fvit --data input.safetensors --reference dinov2-small --json
+
+DATA: an image folder with one subfolder per class (class order from the model's labels, else
+sorted folder names), a safetensors file with pixel_values (+ labels), or a Fashion-MNIST idx
+folder (--split). With --reference: top-1 agreement and mean KL(reference || model) for
+classifiers, mean cosine similarity of last_hidden_state tokens and of pooler_output for
+backbones.";
+
+/// Arguments of `factorvit eval`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Model: .fvit file or checkpoint directory (repeat to evaluate several models on the same
+    /// data; the reference runs once)
+    #[arg(long, value_name = "PATH", required = true)]
+    pub model: Vec<PathBuf>,
+    /// Evaluation images
+    #[arg(long, value_name = "PATH")]
+    pub data: PathBuf,
+    /// Reference model (the dense original) for agreement / KL / cosine
+    #[arg(long, value_name = "PATH")]
+    pub reference: Option<PathBuf>,
+    /// Print one JSON object
+    #[arg(long)]
+    pub json: bool,
+    /// Evaluate at most N images (the first N)
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Split of an idx folder
+    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+    pub split: SplitArg,
+    /// Images per batch
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Worker threads (0 = all cores)
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+fn progress(global: &Global, len: usize, what: &str) -> ProgressBar {
+    let target = if global.quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+    let pb = ProgressBar::with_draw_target(Some(len as u64), target);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+/// Evaluates every `args.model` (and the reference once) and returns their metrics.
+pub fn evaluate(args: &Args, global: &Global) -> Result<Vec<Metrics>, CliError> {
+    configure_threads(args.threads);
+    let model = open_model(&args.model[0], global)?;
+    let labels = (!model.labels().is_empty()).then(|| model.labels().to_vec());
+    let data = factorvit_compress::data::load_dataset(
+        &args.data,
+        model.preprocess(),
+        &LoadOptions { split: args.split.split(), limit: args.limit, class_names: labels, ..LoadOptions::default() },
+    )
+    .context(|| format!("cannot load evaluation data {}", args.data.display()))?;
+    let size = [data.h, data.w];
+    let backbone = model.config().num_classes == 0;
+    let run = |m: &factorvit::Model<'_>, what: &str| -> Result<eval::ModelOutputs, CliError> {
+        let pb = progress(global, data.n, what);
+        let out = eval::run_model(m, &data.pixel_values, data.n, size, args.batch, args.threads, backbone, |k| {
+            pb.inc(k as u64)
+        })
+        .map_err(|e| CliError::new(format!("cannot run {what}"), e));
+        pb.finish_and_clear();
+        out
+    };
+    let reference = match &args.reference {
+        Some(p) => {
+            let r = open_model(p, global)?;
+            if r.config().num_classes != model.config().num_classes || r.config().embed_dim != model.config().embed_dim
+            {
+                return Err(CliError::msg(format!("the reference {} does not have the model's outputs", p.display())));
+            }
+            Some(run(&r, "reference")?)
+        }
+        None => None,
+    };
+    let mut all = Vec::with_capacity(args.model.len());
+    for (i, path) in args.model.iter().enumerate() {
+        let m = if i == 0 { None } else { Some(open_model(path, global)?) };
+        let m_ref = m.as_ref().unwrap_or(&model);
+        if m_ref.config().num_classes != model.config().num_classes
+            || m_ref.config().embed_dim != model.config().embed_dim
+        {
+            return Err(CliError::msg(format!(
+                "{} does not have the outputs of {}",
+                path.display(),
+                args.model[0].display()
+            )));
+        }
+        let outputs = run(m_ref, &path.display().to_string())?;
+        all.push(
+            eval::metrics(&outputs, data.labels.as_deref(), reference.as_ref())
+                .map_err(|e| CliError::new("cannot compute metrics", e))?,
+        );
+    }
+    Ok(all)
+}
+
+pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
+    for (path, m) in args.model.iter().zip(evaluate(args, global)?) {
+        print_metrics(path, &m, args.json, args.model.len() > 1);
+    }
+    Ok(())
+}
+
+fn print_metrics(path: &std::path::Path, m: &Metrics, json: bool, name_it: bool) {
+    if json {
+        let mut v = serde_json::to_value(m).unwrap_or(serde_json::Value::Null);
+        if let (true, Some(o)) = (name_it, v.as_object_mut()) {
+            o.insert("model".into(), path.display().to_string().into());
+        }
+        println!("{v}");
+        return;
+    }
+    let pct = |v: Option<f64>| v.map(|x| format!("{:.2}%", 100.0 * x));
+    let mut parts = vec![format!("n={}", m.n)];
+    if let Some(v) = pct(m.top1) {
+        parts.push(format!("top-1 {v}"));
+    }
+    if let Some(v) = pct(m.top5) {
+        parts.push(format!("top-5 {v}"));
+    }
+    if let Some(v) = pct(m.agreement) {
+        parts.push(format!("agreement {v}"));
+    }
+    if let Some(v) = m.kl {
+        parts.push(format!("KL {v:.3e}"));
+    }
+    if let Some(v) = m.token_cosine {
+        parts.push(format!("token cosine {v:.4}"));
+    }
+    if let Some(v) = m.pooled_cosine {
+        parts.push(format!("pooled cosine {v:.4}"));
+    }
+    if name_it {
+        parts.insert(0, path.display().to_string());
+    }
+    println!("{}", parts.join("  "));
+}

@@ -1,0 +1,209 @@
+//! Accuracy and fidelity metrics: top-1 / top-5 against labels, top-1 agreement and KL against a
+//! reference model's logits, cosine similarity of output tokens and pooled features.
+
+use serde::Serialize;
+
+use factorvit::{Model, SessionOptions};
+
+use super::MethodError;
+
+/// `log Σ exp(x)`, stable.
+fn log_sum_exp(x: &[f32]) -> f64 {
+    let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    max + x.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()
+}
+
+/// `KL(softmax(p) ‖ softmax(q))` for logits `p`, `q`.
+pub fn kl_logits(p: &[f32], q: &[f32]) -> f64 {
+    let (lp, lq) = (log_sum_exp(p), log_sum_exp(q));
+    p.iter()
+        .zip(q)
+        .map(|(&a, &b)| {
+            let la = a as f64 - lp;
+            let lb = b as f64 - lq;
+            la.exp() * (la - lb)
+        })
+        .sum::<f64>()
+        .max(0.0)
+}
+
+/// Cosine similarity of two vectors (1 for two zero vectors).
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        ab += x as f64 * y as f64;
+        aa += x as f64 * x as f64;
+        bb += y as f64 * y as f64;
+    }
+    if aa == 0.0 && bb == 0.0 {
+        1.0
+    } else {
+        ab / (aa.sqrt() * bb.sqrt()).max(f64::MIN_POSITIVE)
+    }
+}
+
+/// Index of the largest entry (first on ties).
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Whether `label` is among the `k` largest logits (ties broken by index, as a stable sort).
+pub fn in_top_k(x: &[f32], label: usize, k: usize) -> bool {
+    let Some(&v) = x.get(label) else { return false };
+    let higher = x.iter().enumerate().filter(|&(i, &o)| o > v || (o == v && i < label)).count();
+    higher < k
+}
+
+/// Outputs of a model over a dataset.
+#[derive(Debug, Clone, Default)]
+pub struct ModelOutputs {
+    /// `[n, classes]` (empty for backbones).
+    pub logits: Vec<f32>,
+    /// `[n, tokens, dim]`.
+    pub last_hidden_state: Vec<f32>,
+    /// `[n, dim]`.
+    pub pooler_output: Vec<f32>,
+    /// Images.
+    pub n: usize,
+    /// Classes (0 for backbones).
+    pub classes: usize,
+    /// Tokens per image.
+    pub tokens: usize,
+    /// Feature width.
+    pub dim: usize,
+}
+
+/// Runs `model` on `n` images (`[n, C, H, W]`) in batches; `keep_tokens` keeps `last_hidden_state`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_model(
+    model: &Model<'_>,
+    pixels: &[f32],
+    n: usize,
+    image_size: [usize; 2],
+    batch: usize,
+    threads: usize,
+    keep_tokens: bool,
+    mut progress: impl FnMut(usize),
+) -> Result<ModelOutputs, MethodError> {
+    if n == 0 {
+        return Err(MethodError::Input("no images to evaluate".into()));
+    }
+    let per = pixels.len() / n;
+    let mut s = model.session(SessionOptions { threads, batch: batch.max(1), image_size })?;
+    let mut out = ModelOutputs { n, ..ModelOutputs::default() };
+    let mut done = 0;
+    while done < n {
+        let k = batch.max(1).min(n - done);
+        let o = s.run(&pixels[done * per..(done + k) * per])?;
+        out.classes = o.num_classes;
+        out.tokens = o.tokens;
+        out.dim = o.dim;
+        if let Some(l) = o.logits {
+            out.logits.extend_from_slice(l);
+        }
+        if keep_tokens {
+            out.last_hidden_state.extend_from_slice(o.last_hidden_state);
+        }
+        out.pooler_output.extend_from_slice(o.pooler_output);
+        done += k;
+        progress(k);
+    }
+    Ok(out)
+}
+
+/// Evaluation metrics (fields absent where they do not apply).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Metrics {
+    /// Images evaluated.
+    pub n: usize,
+    /// Top-1 accuracy (with labels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top1: Option<f64>,
+    /// Top-5 accuracy (with labels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top5: Option<f64>,
+    /// Top-1 agreement with the reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<f64>,
+    /// Mean KL(reference ‖ model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
+    /// Mean cosine similarity of `last_hidden_state` tokens with the reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_cosine: Option<f64>,
+    /// Mean cosine similarity of `pooler_output` with the reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pooled_cosine: Option<f64>,
+}
+
+/// Computes the metrics of `outputs` against optional labels and an optional reference.
+pub fn metrics(
+    outputs: &ModelOutputs,
+    labels: Option<&[u32]>,
+    reference: Option<&ModelOutputs>,
+) -> Result<Metrics, MethodError> {
+    let n = outputs.n;
+    let mut m = Metrics { n, ..Metrics::default() };
+    let k = outputs.classes;
+    if k > 0 {
+        if let Some(labels) = labels {
+            if labels.len() != n {
+                return Err(MethodError::Input(format!("{} labels for {n} images", labels.len())));
+            }
+            let row = |i: usize| &outputs.logits[i * k..(i + 1) * k];
+            let top1 = (0..n).filter(|&i| argmax(row(i)) == labels[i] as usize).count();
+            let top5 = (0..n).filter(|&i| in_top_k(row(i), labels[i] as usize, 5.min(k))).count();
+            m.top1 = Some(top1 as f64 / n as f64);
+            m.top5 = Some(top5 as f64 / n as f64);
+        }
+    }
+    if let Some(r) = reference {
+        if r.n != n || r.classes != k || r.dim != outputs.dim {
+            return Err(MethodError::Input("the reference model's outputs do not match the model's".into()));
+        }
+        if k > 0 {
+            let row = |o: &ModelOutputs, i: usize| o.logits[i * k..(i + 1) * k].to_vec();
+            let agree = (0..n).filter(|&i| argmax(&row(outputs, i)) == argmax(&row(r, i))).count();
+            m.agreement = Some(agree as f64 / n as f64);
+            m.kl = Some((0..n).map(|i| kl_logits(&row(r, i), &row(outputs, i))).sum::<f64>() / n as f64);
+        } else {
+            let d = outputs.dim;
+            if !outputs.last_hidden_state.is_empty() && outputs.last_hidden_state.len() == r.last_hidden_state.len() {
+                let rows = outputs.last_hidden_state.len() / d;
+                let s: f64 = (0..rows)
+                    .map(|t| {
+                        cosine(&outputs.last_hidden_state[t * d..(t + 1) * d], &r.last_hidden_state[t * d..(t + 1) * d])
+                    })
+                    .sum();
+                m.token_cosine = Some(s / rows as f64);
+            }
+            let s: f64 = (0..n)
+                .map(|i| cosine(&outputs.pooler_output[i * d..(i + 1) * d], &r.pooler_output[i * d..(i + 1) * d]))
+                .sum();
+            m.pooled_cosine = Some(s / n as f64);
+        }
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kl_and_cosine_basics() {
+        assert!(kl_logits(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]).abs() < 1e-12);
+        assert!(kl_logits(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) > 0.1);
+        assert!((cosine(&[1.0, 0.0], &[2.0, 0.0]) - 1.0).abs() < 1e-12);
+        assert!(cosine(&[1.0, 0.0], &[0.0, 1.0]).abs() < 1e-12);
+        assert_eq!(argmax(&[0.1, 0.5, 0.5]), 1);
+        assert!(in_top_k(&[0.1, 0.5, 0.4], 2, 2));
+        assert!(!in_top_k(&[0.1, 0.5, 0.4], 0, 2));
+    }
+}

@@ -1,0 +1,989 @@
+//! The whole method over a model and calibration images.
+//!
+//! 1. **Statistics, block by block.** The calibration images are embedded once; the residual
+//!    stream of all images is kept at one block boundary, and each block is run on it in
+//!    batches while an observer accumulates the moments of the four linear inputs (separately
+//!    for a fit split and a held-out validation split). Memory stays bounded by one block.
+//! 2. **Decomposition.** Each layer's weight is factorised in its input metric (whitened SVD,
+//!    [`super::decompose`]); the discarded squared singular values give its error at every rank.
+//! 3. **Sensitivity** (optional). Each layer alone is compressed hard and the distortion of the
+//!    model output is measured (KL of the class distribution, or `1 − cos` of the tokens for
+//!    backbones), starting from the cached residual stream at that layer's block.
+//! 4. **Allocation.** One global budget, greedy on (sensitivity-weighted, normalised) error per
+//!    parameter ([`super::allocate`]).
+//! 5. **Sparse term** (optional) in selected layers, charged to the same budget, kept only where
+//!    it lowers the validation error at equal cost.
+//! 6. **Compensation** (optional): blocks in order, each layer refit on the compressed model's
+//!    inputs against the original outputs ([`super::compensate`]), gated per layer on the
+//!    validation split, and the whole model gated on the validation images' final outputs.
+
+use std::time::Instant;
+
+use factorvit::{BlockLinear, Head, LinearWeights, Model, Observer, SessionOptions};
+use faer::Mat;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::allocate::{self, Allocation, LayerCurve};
+use super::compensate::{self, Candidate, CompensationOptions};
+use super::decompose::{self, Approximation, Metric, WhitenedSvd};
+use super::linalg::{self, Matrix};
+use super::report::{LayerReport, Report};
+use super::rng::SplitMix64;
+use super::stats::{Moments, PairMoments};
+use super::MethodError;
+
+/// How a layer's factors are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FactorMethod {
+    /// Plain truncated SVD of `W` (no data; bias unchanged).
+    Svd,
+    /// SVD in the input metric with bias correction.
+    Whitened,
+}
+
+/// How ranks are distributed across layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RankPolicy {
+    /// The same fraction of parameters in every layer.
+    Uniform,
+    /// Greedy on normalised error per parameter.
+    Greedy,
+    /// Greedy on sensitivity-weighted normalised error per parameter.
+    GreedySensitivity,
+}
+
+/// Which layers may carry a sparse term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SparseLayers {
+    /// Only `mlp.fc2` (where the reference found it pays).
+    Fc2,
+    /// Every block linear.
+    All,
+}
+
+/// Options of the whole method.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Budget: block-linear parameters (sparse entries counted with their index cost).
+    pub budget_params: usize,
+    /// Factorisation.
+    pub method: FactorMethod,
+    /// Rank distribution.
+    pub ranks: RankPolicy,
+    /// Fraction of an eligible layer's low-rank parameters converted to sparse entries (0 = off).
+    pub sparse_fraction: f64,
+    /// Layers eligible for a sparse term.
+    pub sparse_layers: SparseLayers,
+    /// Parameters charged per sparse entry (value + index, in units of one weight value).
+    pub sparse_entry_cost: f64,
+    /// Parameters charged per sparse row pointer (4 bytes in units of one weight value).
+    pub sparse_row_cost: f64,
+    /// Extra ranks per factored layer reserved for a low-rank residual (merged into `U·V`).
+    pub residual_rank: usize,
+    /// Layer-wise compensation.
+    pub compensation: bool,
+    /// Options of the compensation.
+    pub compensation_options: CompensationOptions,
+    /// Ridge added to the input covariance for the decomposition (fraction of its mean
+    /// eigenvalue; 0 = exact metric). Candidates are compared on the validation split.
+    pub whitening_ridge: Vec<f64>,
+    /// Fraction of calibration images held out for validation.
+    pub validation_fraction: f64,
+    /// Allocate ranks on the validation split's error curves instead of the fit split's.
+    pub allocate_on_validation: bool,
+    /// Images used to measure layer sensitivities.
+    pub sensitivity_images: usize,
+    /// Fraction of a layer's dense-equivalent rank used for the sensitivity probe.
+    pub sensitivity_probe_keep: f64,
+    /// Consecutive calibration samples that come from one photo (crops); splits keep them together.
+    pub group_size: usize,
+    /// Images per batch.
+    pub batch: usize,
+    /// Threads of the runtime sessions.
+    pub threads: usize,
+    /// Seed (validation split and every other random choice).
+    pub seed: u64,
+    /// Show progress bars on stderr.
+    pub progress: bool,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            budget_params: 0,
+            method: FactorMethod::Whitened,
+            ranks: RankPolicy::GreedySensitivity,
+            sparse_fraction: 0.0,
+            sparse_layers: SparseLayers::Fc2,
+            sparse_entry_cost: 2.0,
+            sparse_row_cost: 2.0,
+            residual_rank: 0,
+            compensation: true,
+            compensation_options: CompensationOptions::default(),
+            whitening_ridge: vec![0.0],
+            validation_fraction: 0.2,
+            allocate_on_validation: false,
+            sensitivity_images: 32,
+            sensitivity_probe_keep: 0.1,
+            group_size: 1,
+            batch: 16,
+            threads: 0,
+            seed: 0,
+            progress: true,
+        }
+    }
+}
+
+/// The new weights of one layer.
+#[derive(Debug, Clone)]
+pub struct LayerResult {
+    /// Layer name.
+    pub name: String,
+    /// `None`: the layer stays as it is (dense).
+    pub replacement: Option<(Approximation, Vec<f64>)>,
+}
+
+/// Output of [`compress_model`].
+#[derive(Debug, Clone)]
+pub struct Compressed {
+    /// One entry per block linear, in model order.
+    pub layers: Vec<LayerResult>,
+    /// The per-layer report and summary.
+    pub report: Report,
+}
+
+impl Compressed {
+    /// Applies the replacements to a model (for evaluation without writing a file).
+    pub fn apply(&self, model: &mut Model<'_>) -> Result<(), MethodError> {
+        for l in &self.layers {
+            if let Some((approx, bias)) = &l.replacement {
+                let (weights, bias) = to_linear_weights(approx, bias);
+                model.set_linear(&l.name, weights, Some(bias))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runtime tensors of a replacement.
+pub fn to_linear_weights(approx: &Approximation, bias: &[f64]) -> (LinearWeights, Vec<f32>) {
+    let sparse = approx.sparse.as_ref().map(|s| factorvit::CsrMatrix {
+        row_ptr: s.row_ptr.clone(),
+        col_idx: s.col_idx.clone(),
+        values: s.values.iter().map(|&v| v as f32).collect(),
+    });
+    (
+        LinearWeights::Factored {
+            u: linalg::to_row_major(approx.u.as_ref()),
+            v: linalg::to_row_major(approx.v.as_ref()),
+            rank: approx.rank(),
+            sparse,
+        },
+        bias.iter().map(|&b| b as f32).collect(),
+    )
+}
+
+/// Which split an image belongs to.
+#[derive(Debug, Clone)]
+struct Splits {
+    fit: Vec<usize>,
+    val: Vec<usize>,
+}
+
+/// Seeded split of `n` images into fit and validation sets. Images come in groups of
+/// `group` consecutive samples (random crops of one photo); a group is never split, so the
+/// validation images are other photos than the fit images.
+fn make_splits(n: usize, val_fraction: f64, seed: u64, group: usize) -> Splits {
+    let group = group.max(1);
+    let groups = n.div_ceil(group);
+    let perm = SplitMix64::new(seed ^ 0x7a11_da7e).permutation(groups);
+    let nval = if groups >= 4 && val_fraction > 0.0 {
+        ((groups as f64 * val_fraction).round() as usize).clamp(1, groups - 2)
+    } else {
+        0
+    };
+    let expand = |gs: &[usize]| -> Vec<usize> {
+        let mut v: Vec<usize> = gs.iter().flat_map(|&g| g * group..((g + 1) * group).min(n)).collect();
+        v.sort_unstable();
+        v
+    };
+    Splits { fit: expand(&perm[nval..]), val: expand(&perm[..nval]) }
+}
+
+/// Outputs of a run kept for comparisons.
+#[derive(Debug, Clone)]
+struct OwnedOutputs {
+    logits: Option<Vec<f32>>,
+    hidden: Vec<f32>,
+    classes: usize,
+    dim: usize,
+}
+
+/// Output distortion of `other` against `reference`: mean KL(reference ‖ other) of the class
+/// distributions for classifiers, mean `1 − cos` of the output tokens for backbones.
+fn distortion(reference: &OwnedOutputs, other: &OwnedOutputs) -> f64 {
+    match (&reference.logits, &other.logits) {
+        (Some(a), Some(b)) => {
+            let k = reference.classes;
+            let n = a.len() / k;
+            (0..n).map(|i| super::eval::kl_logits(&a[i * k..(i + 1) * k], &b[i * k..(i + 1) * k])).sum::<f64>()
+                / n as f64
+        }
+        _ => {
+            let d = reference.dim;
+            let rows = reference.hidden.len() / d;
+            (0..rows)
+                .map(|r| {
+                    1.0 - super::eval::cosine(&reference.hidden[r * d..(r + 1) * d], &other.hidden[r * d..(r + 1) * d])
+                })
+                .sum::<f64>()
+                / rows as f64
+        }
+    }
+}
+
+/// Calibration images and their geometry.
+#[derive(Debug, Clone, Copy)]
+pub struct Calibration<'p> {
+    /// `[n, C, H, W]` normalised pixels.
+    pub pixels: &'p [f32],
+    /// Number of images.
+    pub count: usize,
+    /// `[H, W]`.
+    pub image_size: [usize; 2],
+}
+
+impl Calibration<'_> {
+    fn image(&self, i: usize) -> &[f32] {
+        let len = self.pixels.len() / self.count.max(1);
+        &self.pixels[i * len..(i + 1) * len]
+    }
+
+    fn gather(&self, ids: &[usize]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(ids.len() * self.pixels.len() / self.count.max(1));
+        for &i in ids {
+            out.extend_from_slice(self.image(i));
+        }
+        out
+    }
+}
+
+/// Residual streams of a set of images at one block boundary, `[images, tokens, dim]`.
+struct Stream {
+    data: Vec<f32>,
+    per_image: usize,
+}
+
+impl Stream {
+    fn images(&self, range: std::ops::Range<usize>) -> &[f32] {
+        &self.data[range.start * self.per_image..range.end * self.per_image]
+    }
+    fn images_mut(&mut self, range: std::ops::Range<usize>) -> &mut [f32] {
+        &mut self.data[range.start * self.per_image..range.end * self.per_image]
+    }
+}
+
+fn bar(opts: &PipelineOptions, len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(
+        Some(len as u64),
+        if opts.progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
+    );
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+struct MomentsObserver<'a> {
+    moments: &'a mut [Moments],
+}
+
+impl Observer for MomentsObserver<'_> {
+    fn linear_input(&mut self, _block: usize, which: BlockLinear, x: &[f32], rows: usize, _cols: usize) {
+        self.moments[which as usize].add(x, rows);
+    }
+}
+
+struct CaptureObserver<'a> {
+    which: Option<BlockLinear>,
+    out: &'a mut [Vec<f32>],
+}
+
+impl Observer for CaptureObserver<'_> {
+    fn linear_input(&mut self, _block: usize, which: BlockLinear, x: &[f32], _rows: usize, _cols: usize) {
+        if self.which.map_or(true, |w| w == which) {
+            self.out[which as usize].extend_from_slice(x);
+        }
+    }
+}
+
+fn which_index(w: BlockLinear) -> usize {
+    w as usize
+}
+
+/// Embeds images (by id) into a residual stream.
+fn embed_stream(
+    model: &Model<'_>,
+    calib: &Calibration<'_>,
+    ids: &[usize],
+    opts: &PipelineOptions,
+) -> Result<Stream, MethodError> {
+    let mut session =
+        model.session(SessionOptions { threads: opts.threads, batch: opts.batch, image_size: calib.image_size })?;
+    let per_image = session.tokens() * model.config().embed_dim;
+    let mut data = vec![0.0f32; ids.len() * per_image];
+    for (chunk_i, chunk) in ids.chunks(opts.batch).enumerate() {
+        session.embed(&calib.gather(chunk))?;
+        let start = chunk_i * opts.batch;
+        data[start * per_image..(start + chunk.len()) * per_image].copy_from_slice(session.residual());
+    }
+    Ok(Stream { data, per_image })
+}
+
+/// Runs the blocks `from..` and the head on a stream of images (the stream is not modified).
+fn finish_from(
+    model: &Model<'_>,
+    calib: &Calibration<'_>,
+    ids: &[usize],
+    stream: &Stream,
+    from: usize,
+    opts: &PipelineOptions,
+) -> Result<OwnedOutputs, MethodError> {
+    let mut session =
+        model.session(SessionOptions { threads: opts.threads, batch: opts.batch, image_size: calib.image_size })?;
+    let c = model.config();
+    let mut out = OwnedOutputs {
+        logits: (c.head != Head::None).then(Vec::new),
+        hidden: Vec::new(),
+        classes: c.num_classes,
+        dim: c.embed_dim,
+    };
+    for (chunk_i, chunk) in ids.chunks(opts.batch).enumerate() {
+        let range = chunk_i * opts.batch..chunk_i * opts.batch + chunk.len();
+        session.embed(&calib.gather(chunk))?;
+        session.residual_mut().copy_from_slice(stream.images(range));
+        for b in from..c.depth {
+            session.run_block(b, &mut factorvit::NoObserver);
+        }
+        let o = session.finish();
+        if let (Some(dst), Some(src)) = (out.logits.as_mut(), o.logits) {
+            dst.extend_from_slice(src);
+        }
+        out.hidden.extend_from_slice(o.last_hidden_state);
+    }
+    Ok(out)
+}
+
+/// One block linear layer during compression.
+struct LayerState {
+    name: String,
+    block: usize,
+    which: BlockLinear,
+    m: usize,
+    n: usize,
+    bias: Option<Vec<f64>>,
+    svd: WhitenedSvd,
+    /// Metric error at each rank on the fit split (dense inputs).
+    fit_tail: Vec<f64>,
+    /// Same on the validation split.
+    val_tail: Option<Vec<f64>>,
+    /// Output variance of the layer on the fit split (normaliser).
+    fit_variance: f64,
+    val_variance: Option<f64>,
+    fit_mean: Vec<f64>,
+    /// Measured sensitivity (output distortion per unit of normalised error).
+    sensitivity: Option<f64>,
+    /// Fit / validation covariances, kept for sparse fitting.
+    fit_cov: Option<Matrix>,
+    val_stats: Option<(Matrix, Vec<f64>)>,
+    ridge: f64,
+}
+
+impl LayerState {
+    fn sparse_eligible(&self, opts: &PipelineOptions) -> bool {
+        opts.sparse_fraction > 0.0 && (opts.sparse_layers == SparseLayers::All || self.which == BlockLinear::Fc2)
+    }
+}
+
+fn layer_weight(
+    model: &Model<'_>,
+    block: usize,
+    which: BlockLinear,
+) -> Result<(Matrix, Option<Vec<f64>>), MethodError> {
+    let layer = model
+        .block_linear(block, which)
+        .ok_or_else(|| MethodError::Input(format!("model has no layer {}", which.name(block))))?;
+    let (m, n) = (layer.info().out_features, layer.info().in_features);
+    let w = model.effective_weight(layer);
+    if w.iter().any(|x| !x.is_finite()) {
+        return Err(MethodError::NonFinite(format!("weights of {}", which.name(block))));
+    }
+    let bias = layer.bias().map(|b| b.iter().map(|&x| f64::from(x)).collect());
+    Ok((linalg::from_row_major(&w, m, n), bias))
+}
+
+/// Compresses every block linear of `model` with the calibration images.
+pub fn compress_model(
+    model: &Model<'_>,
+    calib: &Calibration<'_>,
+    opts: &PipelineOptions,
+) -> Result<Compressed, MethodError> {
+    let started = Instant::now();
+    let cfg = model.config().clone();
+    if calib.count == 0 {
+        return Err(MethodError::Input("no calibration images".into()));
+    }
+    if opts.batch == 0 {
+        return Err(MethodError::Input("batch must be at least 1".into()));
+    }
+    let splits = make_splits(calib.count, opts.validation_fraction, opts.seed, opts.group_size);
+    let mut timings: Vec<(String, f64)> = Vec::new();
+    let mut lap = Instant::now();
+    let mut tick = |what: &str, lap: &mut Instant| {
+        timings.push((what.to_string(), lap.elapsed().as_secs_f64()));
+        *lap = Instant::now();
+    };
+
+    // ---- 1. Dense statistics, block by block (+ sensitivity probes). ----
+    let need_sensitivity = opts.ranks == RankPolicy::GreedySensitivity && opts.method == FactorMethod::Whitened;
+    let sens_step = (splits.fit.len() / opts.sensitivity_images.max(1)).max(1);
+    let sens_ids: Vec<usize> =
+        splits.fit.iter().copied().step_by(sens_step).take(opts.sensitivity_images.max(1)).collect();
+    let mut fit_stream = embed_stream(model, calib, &splits.fit, opts)?;
+    let mut val_stream = embed_stream(model, calib, &splits.val, opts)?;
+    let mut sens_stream = if need_sensitivity { Some(embed_stream(model, calib, &sens_ids, opts)?) } else { None };
+    let sens_reference = match &sens_stream {
+        Some(s) => Some(finish_from(model, calib, &sens_ids, s, 0, opts)?),
+        None => None,
+    };
+    let mut layers: Vec<LayerState> = Vec::with_capacity(cfg.depth * 4);
+    let pb = bar(opts, cfg.depth, "statistics + SVD");
+    for block in 0..cfg.depth {
+        let mut fit_m: Vec<Moments> = BlockLinear::ALL.iter().map(|&w| Moments::new(input_width(&cfg, w))).collect();
+        let mut val_m: Vec<Moments> = fit_m.clone();
+        advance(model, calib, &splits.fit, &mut fit_stream, block, opts, Some(&mut fit_m))?;
+        advance(model, calib, &splits.val, &mut val_stream, block, opts, Some(&mut val_m))?;
+        for which in BlockLinear::ALL {
+            let wi = which_index(which);
+            let st = decompose_layer(model, block, which, &fit_m[wi], &val_m[wi], opts)?;
+            layers.push(st);
+        }
+        if let (Some(stream), Some(reference)) = (sens_stream.as_ref(), sens_reference.as_ref()) {
+            for k in layers.len() - 4..layers.len() {
+                let st = &layers[k];
+                let probe = ((opts.sensitivity_probe_keep * (st.m * st.n) as f64 / (st.m + st.n) as f64).round()
+                    as usize)
+                    .clamp(1, st.svd.max_rank());
+                let (u, v) = st.svd.factors(probe);
+                let approx = Approximation { u, v, sparse: None };
+                let (w, bias) = layer_weight(model, block, st.which)?;
+                let b = decompose::corrected_bias(&w, &approx.dense(), bias.as_deref(), &st.fit_mean);
+                let mut probe_model = model.view();
+                let (lw, lb) = to_linear_weights(&approx, &b);
+                probe_model.set_linear(&st.name, lw, Some(lb))?;
+                let out = finish_from(&probe_model, calib, &sens_ids, stream, block, opts)?;
+                let dist = distortion(reference, &out);
+                let norm_err = st.fit_tail[probe] / st.fit_tail[0].max(f64::MIN_POSITIVE);
+                layers[k].sensitivity = Some(dist / norm_err.max(1e-12));
+            }
+        }
+        if let Some(stream) = sens_stream.as_mut() {
+            advance(model, calib, &sens_ids, stream, block, opts, None)?;
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    drop(sens_stream);
+    tick("statistics, decomposition and sensitivity", &mut lap);
+
+    // ---- 2. Allocation. ----
+    let curves: Vec<LayerCurve> = layers
+        .iter()
+        .map(|l| {
+            let weight = match opts.ranks {
+                RankPolicy::GreedySensitivity => l.sensitivity.unwrap_or(1.0),
+                _ => 1.0,
+            };
+            // Errors on held-out images when asked (they reveal which layers' low-rank fits do
+            // not generalise); both curves are sums of non-negative terms, so non-increasing.
+            let tail = match (&l.val_tail, opts.allocate_on_validation) {
+                (Some(v), true) => v,
+                _ => &l.fit_tail,
+            };
+            let norm = tail[0].max(f64::MIN_POSITIVE);
+            LayerCurve { out_features: l.m, in_features: l.n, error: tail.iter().map(|e| weight * e / norm).collect() }
+        })
+        .collect();
+    let reserve: usize =
+        if opts.residual_rank > 0 { curves.iter().map(|c| opts.residual_rank * c.rank_cost()).sum() } else { 0 };
+    let alloc_budget = opts.budget_params.checked_sub(reserve).ok_or_else(|| {
+        MethodError::Budget(format!(
+            "--residual-rank {} needs {reserve} parameters, more than the budget",
+            opts.residual_rank
+        ))
+    })?;
+    let mut alloc = match opts.ranks {
+        RankPolicy::Uniform => allocate::allocate_uniform(&curves, alloc_budget)?,
+        _ => allocate::allocate_greedy(&curves, alloc_budget, 1)?,
+    };
+    if opts.residual_rank > 0 {
+        for (a, c) in alloc.iter_mut().zip(&curves) {
+            if let Allocation::Rank(r) = *a {
+                let nr = r + opts.residual_rank;
+                *a = if nr > c.max_factored_rank() { Allocation::Dense } else { Allocation::Rank(nr) };
+            }
+        }
+        // Dense switches may overshoot: give back ranks from the cheapest-error layers.
+        while allocate::total_cost(&curves, &alloc) > opts.budget_params {
+            let worst = alloc
+                .iter()
+                .enumerate()
+                .filter_map(|(i, a)| match a {
+                    Allocation::Rank(r) if *r > 1 => Some((i, curves[i].error[r - 1] - curves[i].error[*r])),
+                    _ => None,
+                })
+                .min_by(|a, b| a.1.total_cmp(&b.1));
+            match worst {
+                Some((i, _)) => {
+                    if let Allocation::Rank(r) = alloc[i] {
+                        alloc[i] = Allocation::Rank(r - 1);
+                    }
+                }
+                None => return Err(MethodError::Budget("cannot fit the residual ranks in the budget".into())),
+            }
+        }
+    }
+    tick("allocation", &mut lap);
+
+    // ---- 3. Uncompensated replacements (+ sparse term). ----
+    let mut starts: Vec<Option<Candidate>> = Vec::with_capacity(layers.len());
+    let mut reports: Vec<LayerReport> = Vec::with_capacity(layers.len());
+    let pb = bar(opts, layers.len(), "factors");
+    for (k, st) in layers.iter().enumerate() {
+        let (w, bias) = layer_weight(model, st.block, st.which)?;
+        let mut rep = LayerReport::new(&st.name, st.m, st.n);
+        rep.sensitivity = st.sensitivity;
+        rep.whitening_ridge = st.ridge;
+        match alloc[k] {
+            Allocation::Dense => {
+                rep.kind = "dense".into();
+                rep.params_after = st.m * st.n;
+                rep.cost_after = (st.m * st.n) as f64;
+                starts.push(None);
+            }
+            Allocation::Rank(r) => {
+                let (u, v) = st.svd.factors(r);
+                let mut approx = Approximation { u, v, sparse: None };
+                let mut nnz_used = 0;
+                if st.sparse_eligible(opts) && opts.method == FactorMethod::Whitened {
+                    if let Some(cand) = sparse_candidate(st, &w, r, opts)? {
+                        approx = cand.0;
+                        nnz_used = cand.1;
+                    }
+                }
+                let dense = approx.dense();
+                let b = match opts.method {
+                    FactorMethod::Whitened => decompose::corrected_bias(&w, &dense, bias.as_deref(), &st.fit_mean),
+                    FactorMethod::Svd => bias.clone().unwrap_or_else(|| vec![0.0; st.m]),
+                };
+                rep.kind = if nnz_used > 0 { "low_rank_sparse".into() } else { "low_rank".into() };
+                rep.rank = approx.rank();
+                rep.nnz = nnz_used;
+                rep.params_after = approx.rank() * (st.m + st.n) + nnz_used;
+                rep.cost_after = (approx.rank() * (st.m + st.n)) as f64
+                    + if nnz_used > 0 {
+                        nnz_used as f64 * opts.sparse_entry_cost + (st.m + 1) as f64 * opts.sparse_row_cost
+                    } else {
+                        0.0
+                    };
+                // Errors on dense inputs, measured from the moments.
+                let fit_err = match (&st.fit_cov, opts.method, nnz_used) {
+                    (_, FactorMethod::Whitened, 0) => st.fit_tail[approx.rank()],
+                    _ => {
+                        let cov = st.fit_cov.clone().unwrap_or_else(|| Mat::zeros(0, 0));
+                        if cov.nrows() == st.n {
+                            decompose::output_error(&w, bias.as_deref(), &dense, Some(&b), &cov, &st.fit_mean)
+                        } else {
+                            st.fit_tail[approx.rank()]
+                        }
+                    }
+                };
+                rep.error_fit = fit_err / st.fit_variance.max(f64::MIN_POSITIVE);
+                rep.error_val = match (&st.val_stats, &st.val_tail, nnz_used, opts.method) {
+                    (Some((cov, mean)), _, nnz, _) if nnz > 0 || opts.method == FactorMethod::Svd => Some(
+                        decompose::output_error(&w, bias.as_deref(), &dense, Some(&b), cov, mean)
+                            / st.val_variance.unwrap_or(1.0).max(f64::MIN_POSITIVE),
+                    ),
+                    (_, Some(tail), _, _) => {
+                        Some(tail[approx.rank()] / st.val_variance.unwrap_or(1.0).max(f64::MIN_POSITIVE))
+                    }
+                    _ => None,
+                };
+                starts.push(Some(Candidate { approx, bias: b }));
+            }
+        }
+        reports.push(rep);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    drop(layers);
+    tick("factors", &mut lap);
+
+    // ---- 4. Compensation. ----
+    let mut final_layers: Vec<Option<Candidate>> = starts.clone();
+    let mut compensation_summary = None;
+    if opts.compensation && opts.method == FactorMethod::Whitened && !splits.val.is_empty() {
+        let compensated = compensate_model(model, calib, &splits, &starts, &mut reports, opts)?;
+        // Model-level gate on the validation images' final outputs.
+        let val_ref = finish_from(model, calib, &splits.val, &embed_stream(model, calib, &splits.val, opts)?, 0, opts)?;
+        let score = |layers: &[Option<Candidate>]| -> Result<f64, MethodError> {
+            let mut m = model.view();
+            apply_candidates(&mut m, &cfg, layers)?;
+            let s = embed_stream(&m, calib, &splits.val, opts)?;
+            Ok(distortion(&val_ref, &finish_from(&m, calib, &splits.val, &s, 0, opts)?))
+        };
+        let before = score(&starts)?;
+        let after = score(&compensated)?;
+        let kept = after <= before;
+        compensation_summary = Some((before, after, kept));
+        if kept {
+            final_layers = compensated;
+        } else {
+            for r in &mut reports {
+                r.compensation_kept = Some(false);
+            }
+        }
+        tick("compensation", &mut lap);
+    }
+
+    let layers_out: Vec<LayerResult> = reports
+        .iter()
+        .zip(final_layers)
+        .map(|(r, c)| LayerResult { name: r.name.clone(), replacement: c.map(|c| (c.approx, c.bias)) })
+        .collect();
+    let report = Report {
+        layers: reports,
+        budget_params: opts.budget_params,
+        calibration_images: calib.count,
+        fit_images: splits.fit.len(),
+        validation_images: splits.val.len(),
+        validation_distortion_before_compensation: compensation_summary.map(|s| s.0),
+        validation_distortion_after_compensation: compensation_summary.map(|s| s.1),
+        compensation_kept: compensation_summary.map(|s| s.2),
+        distortion_measure: if cfg.head == Head::None {
+            "mean 1 - cos of output tokens".into()
+        } else {
+            "mean KL(dense || compressed)".into()
+        },
+        seconds: started.elapsed().as_secs_f64(),
+        timings,
+        options: format!("{opts:?}"),
+    };
+    Ok(Compressed { layers: layers_out, report })
+}
+
+fn apply_candidates(
+    m: &mut Model<'_>,
+    cfg: &factorvit::ModelConfig,
+    layers: &[Option<Candidate>],
+) -> Result<(), MethodError> {
+    for (k, c) in layers.iter().enumerate() {
+        if let Some(c) = c {
+            let name = BlockLinear::ALL[k % 4].name(k / 4);
+            debug_assert!(k / 4 < cfg.depth);
+            let (w, b) = to_linear_weights(&c.approx, &c.bias);
+            m.set_linear(&name, w, Some(b))?;
+        }
+    }
+    Ok(())
+}
+
+fn input_width(cfg: &factorvit::ModelConfig, which: BlockLinear) -> usize {
+    match which {
+        BlockLinear::Fc2 => cfg.mlp_hidden,
+        _ => cfg.embed_dim,
+    }
+}
+
+/// Runs block `block` over a stream in place, accumulating the input moments if asked.
+fn advance(
+    model: &Model<'_>,
+    calib: &Calibration<'_>,
+    ids: &[usize],
+    stream: &mut Stream,
+    block: usize,
+    opts: &PipelineOptions,
+    mut moments: Option<&mut Vec<Moments>>,
+) -> Result<(), MethodError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut session =
+        model.session(SessionOptions { threads: opts.threads, batch: opts.batch, image_size: calib.image_size })?;
+    for (chunk_i, chunk) in ids.chunks(opts.batch).enumerate() {
+        let range = chunk_i * opts.batch..chunk_i * opts.batch + chunk.len();
+        session.embed(&calib.gather(chunk))?;
+        session.residual_mut().copy_from_slice(stream.images(range.clone()));
+        match moments.as_deref_mut() {
+            Some(m) => session.run_block(block, &mut MomentsObserver { moments: m }),
+            None => session.run_block(block, &mut factorvit::NoObserver),
+        }
+        stream.images_mut(range).copy_from_slice(session.residual());
+    }
+    Ok(())
+}
+
+/// Decomposition of one layer from its dense-input moments.
+fn decompose_layer(
+    model: &Model<'_>,
+    block: usize,
+    which: BlockLinear,
+    fit: &Moments,
+    val: &Moments,
+    opts: &PipelineOptions,
+) -> Result<LayerState, MethodError> {
+    let (w, bias) = layer_weight(model, block, which)?;
+    let (m, n) = (w.nrows(), w.ncols());
+    let name = which.name(block);
+    let fit_cov = fit.covariance();
+    let fit_mean = fit.mean();
+    let has_val = val.count > 0.0;
+    let val_cov = has_val.then(|| val.covariance());
+    let val_mean = val.mean();
+    let shift: Vec<f64> = val_mean.iter().zip(&fit_mean).map(|(a, b)| a - b).collect();
+    let fit_variance = linalg::quad_trace(w.as_ref(), fit_cov.as_ref());
+    let val_variance = val_cov.as_ref().map(|c| linalg::quad_trace(w.as_ref(), c.as_ref()));
+    let max_rank = (m * n).saturating_sub(1) / (m + n);
+    let (svd, fit_tail, val_tail, ridge) = match opts.method {
+        FactorMethod::Svd => {
+            let svd = WhitenedSvd::compute(&w, &Metric::identity(n))?;
+            // Errors of the plain SVD measured in the input metric (bias unchanged).
+            let fit_tail = tail_in_metric(&svd, &fit_cov, &fit_mean);
+            let val_tail = val_cov.as_ref().map(|c| tail_in_metric(&svd, c, &val_mean));
+            (svd, fit_tail, val_tail, 0.0)
+        }
+        FactorMethod::Whitened => {
+            let eig = linalg::sym_eigen(fit_cov.as_ref())?;
+            let mean_eig = eig.values.iter().map(|v| v.max(0.0)).sum::<f64>() / n as f64;
+            type Choice = (WhitenedSvd, Vec<f64>, Option<Vec<f64>>, f64, f64);
+            let mut best: Option<Choice> = None;
+            // Reference rank for comparing ridge values: a uniform share of the budget.
+            let total_dense = model.block_linear_params().max(1);
+            let keep = opts.budget_params as f64 / total_dense as f64;
+            let r_ref = ((keep * (m * n) as f64 / (m + n) as f64) as usize).clamp(1, max_rank.max(1));
+            for &ridge in &opts.whitening_ridge {
+                let metric = Metric::from_eigen(&eig, ridge * mean_eig, decompose::DEFAULT_REL_FLOOR);
+                let svd = WhitenedSvd::compute(&w, &metric)?;
+                // Errors in the exact (unregularised) metric: tail_in_metric is exact for any
+                // factorisation whose P is orthonormal.
+                let fit_tail =
+                    if ridge == 0.0 { svd.tail_energy() } else { svd.tail_energy_on(&fit_cov, &vec![0.0; n]) };
+                let val_tail = val_cov.as_ref().map(|c| svd.tail_energy_on(c, &shift));
+                let score =
+                    val_tail.as_ref().map_or(fit_tail[r_ref.min(fit_tail.len() - 1)], |t| t[r_ref.min(t.len() - 1)]);
+                if best.as_ref().map_or(true, |b| score < b.4) {
+                    best = Some((svd, fit_tail, val_tail, ridge, score));
+                }
+            }
+            let (svd, fit_tail, val_tail, ridge, _) =
+                best.ok_or_else(|| MethodError::Input("whitening ridge grid is empty".into()))?;
+            (svd, fit_tail, val_tail, ridge)
+        }
+    };
+    let mut svd = svd;
+    // Keep only the ranks that can ever be used (cheaper than dense), plus residual ranks.
+    let keep_rank = (max_rank + opts.residual_rank + 1).min(svd.max_rank());
+    if keep_rank < svd.max_rank() {
+        svd = WhitenedSvd {
+            p: svd.p.subcols(0, keep_rank).to_owned(),
+            sigma: svd.sigma[..keep_rank].to_vec(),
+            qt_inv: svd.qt_inv.subrows(0, keep_rank).to_owned(),
+        };
+    }
+    let fit_tail = fit_tail[..=keep_rank].to_vec();
+    let val_tail = val_tail.map(|t| t[..=keep_rank].to_vec());
+    let sparse_layer =
+        opts.sparse_fraction > 0.0 && (opts.sparse_layers == SparseLayers::All || which == BlockLinear::Fc2);
+    let keep_cov = sparse_layer || opts.method == FactorMethod::Svd;
+    Ok(LayerState {
+        name,
+        block,
+        which,
+        m,
+        n,
+        bias,
+        svd,
+        fit_tail,
+        val_tail,
+        fit_variance,
+        val_variance,
+        fit_mean,
+        sensitivity: None,
+        fit_cov: keep_cov.then_some(fit_cov),
+        val_stats: val_cov.map(|c| (c, val_mean)),
+        ridge,
+    })
+}
+
+/// Error of every truncation of a factorisation `W = Σ p_k σ_k q̃_k` with orthonormal `P`,
+/// measured in a metric (covariance, mean shift zero: bias corrected or mean zero).
+fn tail_in_metric(svd: &WhitenedSvd, cov: &Matrix, mean: &[f64]) -> Vec<f64> {
+    // Plain SVD keeps the bias, so the mean term is Σ σ_k² (q̃_k·μ)².
+    svd.tail_energy_on(cov, mean)
+}
+
+/// Low-rank + sparse at the same cost as rank `r`, if it beats rank `r` on validation data.
+fn sparse_candidate(
+    st: &LayerState,
+    w: &Matrix,
+    r: usize,
+    opts: &PipelineOptions,
+) -> Result<Option<(Approximation, usize)>, MethodError> {
+    let traded = ((r as f64) * opts.sparse_fraction).floor() as usize;
+    if traded == 0 || traded >= r {
+        return Ok(None);
+    }
+    let freed = (traded * (st.m + st.n)) as f64 - (st.m + 1) as f64 * opts.sparse_row_cost;
+    let nnz = (freed / opts.sparse_entry_cost).floor();
+    if nnz < 1.0 {
+        return Ok(None);
+    }
+    let nnz = nnz as usize;
+    let Some(fit_cov) = &st.fit_cov else { return Ok(None) };
+    let eig = linalg::sym_eigen(fit_cov.as_ref())?;
+    let mean_eig = eig.values.iter().map(|v| v.max(0.0)).sum::<f64>() / st.n as f64;
+    let metric = Metric::from_eigen(&eig, st.ridge * mean_eig, decompose::DEFAULT_REL_FLOOR);
+    let (approx, _) =
+        decompose::fit_low_rank_sparse(w, &metric, r - traded, nnz, opts.compensation_options.sparse_iterations)?;
+    // Compare with plain rank r on validation (or fit) data.
+    let (cov, mean) = match &st.val_stats {
+        Some((c, m)) => (c, m.as_slice()),
+        None => (fit_cov, st.fit_mean.as_slice()),
+    };
+    let dense_sparse = approx.dense();
+    let b_sparse = decompose::corrected_bias(w, &dense_sparse, st.bias.as_deref(), &st.fit_mean);
+    let err_sparse = decompose::output_error(w, st.bias.as_deref(), &dense_sparse, Some(&b_sparse), cov, mean);
+    let (u, v) = st.svd.factors(r);
+    let plain = linalg::mul(u.as_ref(), v.as_ref());
+    let b_plain = decompose::corrected_bias(w, &plain, st.bias.as_deref(), &st.fit_mean);
+    let err_plain = decompose::output_error(w, st.bias.as_deref(), &plain, Some(&b_plain), cov, mean);
+    Ok((err_sparse < err_plain).then(|| {
+        let nnz = approx.nnz();
+        (approx, nnz)
+    }))
+}
+
+/// Sequential compensation over the blocks; returns the compensated replacements.
+fn compensate_model(
+    model: &Model<'_>,
+    calib: &Calibration<'_>,
+    splits: &Splits,
+    starts: &[Option<Candidate>],
+    reports: &mut [LayerReport],
+    opts: &PipelineOptions,
+) -> Result<Vec<Option<Candidate>>, MethodError> {
+    let cfg = model.config().clone();
+    let mut result: Vec<Option<Candidate>> = starts.to_vec();
+    let mut compressed = model.view();
+    let mut streams_o =
+        [embed_stream(model, calib, &splits.fit, opts)?, embed_stream(model, calib, &splits.val, opts)?];
+    let mut streams_c =
+        [embed_stream(model, calib, &splits.fit, opts)?, embed_stream(model, calib, &splits.val, opts)?];
+    let split_ids = [&splits.fit, &splits.val];
+    let pb = bar(opts, cfg.depth, "compensation");
+    for block in 0..cfg.depth {
+        // Original inputs of the four layers, all images of each split.
+        let mut captured_o: [Vec<Vec<f32>>; 2] = [vec![Vec::new(); 4], vec![Vec::new(); 4]];
+        for s in 0..2 {
+            capture(model, calib, split_ids[s], &mut streams_o[s], block, opts, None, &mut captured_o[s], true)?;
+        }
+        for which in BlockLinear::ALL {
+            let k = block * 4 + which_index(which);
+            let Some(start) = &starts[k] else { continue };
+            let width = input_width(&cfg, which);
+            let mut pairs: Vec<PairMoments> = Vec::with_capacity(2);
+            for s in 0..2 {
+                let mut captured_c: Vec<Vec<f32>> = vec![Vec::new(); 4];
+                capture(
+                    &compressed,
+                    calib,
+                    split_ids[s],
+                    &mut streams_c[s],
+                    block,
+                    opts,
+                    Some(which),
+                    &mut captured_c,
+                    false,
+                )?;
+                let xc = &captured_c[which_index(which)];
+                let xo = &captured_o[s][which_index(which)];
+                let mut pm = PairMoments::new(width);
+                for (cc, oo) in xc.chunks(4096 * width).zip(xo.chunks(4096 * width)) {
+                    pm.add(cc, oo, cc.len() / width);
+                }
+                pairs.push(pm);
+            }
+            let (w, bias) = layer_weight(model, block, which)?;
+            let out = compensate::compensate_layer(
+                &w,
+                bias.as_deref(),
+                start,
+                &pairs[0],
+                Some(&pairs[1]),
+                &opts.compensation_options,
+            )?;
+            let rep = &mut reports[k];
+            rep.compensation_fit_before = Some(out.fit_before / out.fit_target_variance.max(f64::MIN_POSITIVE));
+            rep.compensation_fit_after = Some(out.fit_after / out.fit_target_variance.max(f64::MIN_POSITIVE));
+            let vv = out.val_target_variance.unwrap_or(1.0).max(f64::MIN_POSITIVE);
+            rep.compensation_val_before = out.val_before.map(|v| v / vv);
+            rep.compensation_val_after = out.val_after.map(|v| v / vv);
+            rep.compensation_kept = Some(out.accepted);
+            rep.compensation_ridge = out.ridge;
+            rep.adam_steps = out.adam_steps_kept;
+            let (lw, lb) = to_linear_weights(&out.result.approx, &out.result.bias);
+            compressed.set_linear(&which.name(block), lw, Some(lb))?;
+            result[k] = Some(out.result);
+        }
+        // Advance the compressed streams through the finished block.
+        for s in 0..2 {
+            advance(&compressed, calib, split_ids[s], &mut streams_c[s], block, opts, None)?;
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(result)
+}
+
+/// Runs block `block` on a stream capturing layer inputs; advances the stream only if `advance`.
+#[allow(clippy::too_many_arguments)]
+fn capture(
+    model: &Model<'_>,
+    calib: &Calibration<'_>,
+    ids: &[usize],
+    stream: &mut Stream,
+    block: usize,
+    opts: &PipelineOptions,
+    which: Option<BlockLinear>,
+    out: &mut [Vec<f32>],
+    advance_stream: bool,
+) -> Result<(), MethodError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut session =
+        model.session(SessionOptions { threads: opts.threads, batch: opts.batch, image_size: calib.image_size })?;
+    for (chunk_i, chunk) in ids.chunks(opts.batch).enumerate() {
+        let range = chunk_i * opts.batch..chunk_i * opts.batch + chunk.len();
+        session.embed(&calib.gather(chunk))?;
+        session.residual_mut().copy_from_slice(stream.images(range.clone()));
+        session.run_block(block, &mut CaptureObserver { which, out });
+        if advance_stream {
+            stream.images_mut(range).copy_from_slice(session.residual());
+        }
+    }
+    Ok(())
+}

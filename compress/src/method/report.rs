@@ -1,0 +1,191 @@
+//! The per-layer compression report: a text table for the terminal and JSON next to the output.
+
+use serde::Serialize;
+
+/// What happened to one layer.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    /// Layer name.
+    pub name: String,
+    /// Outputs `m`.
+    pub out_features: usize,
+    /// Inputs `n`.
+    pub in_features: usize,
+    /// `dense`, `low_rank` or `low_rank_sparse`.
+    pub kind: String,
+    /// Rank (0 when dense).
+    pub rank: usize,
+    /// Sparse entries.
+    pub nnz: usize,
+    /// Parameters before (`m·n`).
+    pub params_before: usize,
+    /// Parameters after (`r(m+n) + nnz`).
+    pub params_after: usize,
+    /// Budget charged (sparse entries with their index and row-pointer cost).
+    pub cost_after: f64,
+    /// Relative output error on the original model's activations, fit split: `E‖Δy‖² / Var(y)`.
+    pub error_fit: f64,
+    /// Same on the validation split.
+    pub error_val: Option<f64>,
+    /// Compensation loss on the compressed model's inputs, fit split, before / after (relative).
+    pub compensation_fit_before: Option<f64>,
+    /// After compensation.
+    pub compensation_fit_after: Option<f64>,
+    /// Compensation loss on the validation split, before.
+    pub compensation_val_before: Option<f64>,
+    /// After compensation.
+    pub compensation_val_after: Option<f64>,
+    /// Whether compensated weights were kept (per-layer gate and model gate).
+    pub compensation_kept: Option<bool>,
+    /// Chosen ridge fraction of the compensation.
+    pub compensation_ridge: Option<f64>,
+    /// Adam steps kept after the closed form.
+    pub adam_steps: usize,
+    /// Measured output sensitivity used to weight this layer's error.
+    pub sensitivity: Option<f64>,
+    /// Ridge fraction added to the input covariance for the decomposition.
+    pub whitening_ridge: f64,
+}
+
+impl LayerReport {
+    /// A dense entry for an `m × n` layer.
+    pub fn new(name: &str, m: usize, n: usize) -> LayerReport {
+        LayerReport {
+            name: name.to_string(),
+            out_features: m,
+            in_features: n,
+            kind: "dense".into(),
+            rank: 0,
+            nnz: 0,
+            params_before: m * n,
+            params_after: m * n,
+            cost_after: (m * n) as f64,
+            error_fit: 0.0,
+            error_val: None,
+            compensation_fit_before: None,
+            compensation_fit_after: None,
+            compensation_val_before: None,
+            compensation_val_after: None,
+            compensation_kept: None,
+            compensation_ridge: None,
+            adam_steps: 0,
+            sensitivity: None,
+            whitening_ridge: 0.0,
+        }
+    }
+}
+
+/// The report of a compression run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Per layer, in model order.
+    pub layers: Vec<LayerReport>,
+    /// Budget in block-linear parameters.
+    pub budget_params: usize,
+    /// Calibration images.
+    pub calibration_images: usize,
+    /// Of which used for fitting.
+    pub fit_images: usize,
+    /// Of which held out for validation.
+    pub validation_images: usize,
+    /// Output distortion of the uncompensated model on the validation images.
+    pub validation_distortion_before_compensation: Option<f64>,
+    /// Same after compensation.
+    pub validation_distortion_after_compensation: Option<f64>,
+    /// Whether the compensated model was kept (model-level gate).
+    pub compensation_kept: Option<bool>,
+    /// What the distortion measures.
+    pub distortion_measure: String,
+    /// Wall time of the method.
+    pub seconds: f64,
+    /// Wall time per phase.
+    pub timings: Vec<(String, f64)>,
+    /// The options used (debug rendering).
+    pub options: String,
+}
+
+impl Report {
+    /// Total parameters before / after and budget charged.
+    pub fn totals(&self) -> (usize, usize, f64) {
+        let before = self.layers.iter().map(|l| l.params_before).sum();
+        let after = self.layers.iter().map(|l| l.params_after).sum();
+        let cost = self.layers.iter().map(|l| l.cost_after).sum();
+        (before, after, cost)
+    }
+
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        let (before, after, cost) = self.totals();
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("params_before".into(), before.into());
+            o.insert("params_after".into(), after.into());
+            o.insert("cost_after".into(), cost.into());
+        }
+        serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// A fixed-width text table.
+    pub fn table(&self) -> String {
+        let opt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |x| format!("{x:.2e}"));
+        let mut s = format!(
+            "{:<22} {:>10} {:<15} {:>5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>4}\n",
+            "layer",
+            "shape",
+            "kind",
+            "rank",
+            "nnz",
+            "params",
+            "after",
+            "err fit",
+            "err val",
+            "comp fit",
+            "comp val",
+            "kept"
+        );
+        for l in &self.layers {
+            let comp_fit = match (l.compensation_fit_before, l.compensation_fit_after) {
+                (Some(_), Some(a)) => opt(Some(a)),
+                _ => "-".into(),
+            };
+            s.push_str(&format!(
+                "{:<22} {:>10} {:<15} {:>5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>4}\n",
+                l.name,
+                format!("{}x{}", l.out_features, l.in_features),
+                l.kind,
+                l.rank,
+                l.nnz,
+                l.params_before,
+                l.params_after,
+                if l.kind == "dense" { "-".into() } else { format!("{:.2e}", l.error_fit) },
+                opt(l.error_val),
+                comp_fit,
+                opt(l.compensation_val_after),
+                match l.compensation_kept {
+                    Some(true) => "yes",
+                    Some(false) => "no",
+                    None => "-",
+                }
+            ));
+        }
+        let (before, after, cost) = self.totals();
+        s.push_str(&format!(
+            "total: {before} -> {after} block-linear parameters ({:.1}%), budget charged {cost:.0} of {} ; {:.1} s\n",
+            100.0 * after as f64 / before.max(1) as f64,
+            self.budget_params,
+            self.seconds
+        ));
+        if let (Some(b), Some(a), Some(k)) = (
+            self.validation_distortion_before_compensation,
+            self.validation_distortion_after_compensation,
+            self.compensation_kept,
+        ) {
+            s.push_str(&format!(
+                "validation output distortion ({}): {b:.3e} without compensation, {a:.3e} with ({})\n",
+                self.distortion_measure,
+                if k { "kept" } else { "rejected" }
+            ));
+        }
+        s
+    }
+}

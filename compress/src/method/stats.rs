@@ -1,0 +1,168 @@
+//! Activation statistics: first and second moments of layer inputs, accumulated in f64.
+//!
+//! Each call adds one chunk of rows (a batch of images' tokens, at most a few thousand rows).
+//! The chunk product `XᵀX` is computed in f32 by faer's GEMM and then added into the f64
+//! accumulator: f32 rounding is confined to sums of one chunk, while the sum over the whole
+//! calibration set (hundreds of thousands of rows) is carried in f64.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatRef};
+
+use super::linalg::{self, Matrix};
+
+fn add_chunk_product(
+    acc: &mut Matrix,
+    scratch: &mut Mat<f32>,
+    a: &[f32],
+    b: &[f32],
+    rows: usize,
+    ca: usize,
+    cb: usize,
+) {
+    let am = MatRef::from_row_major_slice(a, rows, ca);
+    let bm = MatRef::from_row_major_slice(b, rows, cb);
+    if scratch.nrows() != ca || scratch.ncols() != cb {
+        *scratch = Mat::zeros(ca, cb);
+    }
+    matmul(scratch.as_mut(), Accum::Replace, am.transpose(), bm, 1.0f32, linalg::par());
+    for j in 0..cb {
+        for i in 0..ca {
+            acc[(i, j)] += f64::from(scratch[(i, j)]);
+        }
+    }
+}
+
+fn add_sums(sum: &mut [f64], x: &[f32], rows: usize, cols: usize) {
+    for r in 0..rows {
+        for (s, v) in sum.iter_mut().zip(&x[r * cols..(r + 1) * cols]) {
+            *s += f64::from(*v);
+        }
+    }
+}
+
+/// Moments of one activation stream `X` (rows = tokens): `Σx`, `XᵀX`, row count.
+#[derive(Debug, Clone)]
+pub struct Moments {
+    /// Number of rows accumulated.
+    pub count: f64,
+    /// `Σ x` over rows.
+    pub sum: Vec<f64>,
+    /// `XᵀX`.
+    pub gram: Matrix,
+    scratch: Mat<f32>,
+}
+
+impl Moments {
+    /// Empty statistics for `cols`-wide rows.
+    pub fn new(cols: usize) -> Moments {
+        Moments { count: 0.0, sum: vec![0.0; cols], gram: Mat::zeros(cols, cols), scratch: Mat::zeros(0, 0) }
+    }
+
+    /// Width of the rows.
+    pub fn cols(&self) -> usize {
+        self.sum.len()
+    }
+
+    /// Adds `rows` rows (row-major `rows × cols`).
+    pub fn add(&mut self, x: &[f32], rows: usize) {
+        let c = self.cols();
+        debug_assert_eq!(x.len(), rows * c);
+        if rows == 0 {
+            return;
+        }
+        self.count += rows as f64;
+        add_sums(&mut self.sum, x, rows, c);
+        add_chunk_product(&mut self.gram, &mut self.scratch, x, x, rows, c, c);
+    }
+
+    /// Mean row `μ`.
+    pub fn mean(&self) -> Vec<f64> {
+        let n = self.count.max(1.0);
+        self.sum.iter().map(|s| s / n).collect()
+    }
+
+    /// Centred covariance per row, `C = XᵀX/N − μμᵀ` (the `1/N` normalisation keeps errors in
+    /// "per token" units).
+    pub fn covariance(&self) -> Matrix {
+        let n = self.count.max(1.0);
+        let mu = self.mean();
+        let c = self.cols();
+        Mat::from_fn(c, c, |i, j| self.gram[(i, j)] / n - mu[i] * mu[j])
+    }
+
+    /// Uncentred second moment per row, `XᵀX/N`.
+    pub fn second_moment(&self) -> Matrix {
+        let n = self.count.max(1.0);
+        Mat::from_fn(self.cols(), self.cols(), |i, j| self.gram[(i, j)] / n)
+    }
+}
+
+/// Joint moments of two aligned streams: the compressed model's layer input `X_c` and the
+/// original model's `X_o` for the same tokens (layer-wise compensation).
+#[derive(Debug, Clone)]
+pub struct PairMoments {
+    /// Moments of `X_c`.
+    pub c: Moments,
+    /// Moments of `X_o`.
+    pub o: Moments,
+    /// `X_cᵀ X_o`.
+    pub cross: Matrix,
+    scratch: Mat<f32>,
+}
+
+impl PairMoments {
+    /// Empty statistics.
+    pub fn new(cols: usize) -> PairMoments {
+        PairMoments {
+            c: Moments::new(cols),
+            o: Moments::new(cols),
+            cross: Mat::zeros(cols, cols),
+            scratch: Mat::zeros(0, 0),
+        }
+    }
+
+    /// Adds aligned rows of both streams.
+    pub fn add(&mut self, xc: &[f32], xo: &[f32], rows: usize) {
+        let c = self.c.cols();
+        self.c.add(xc, rows);
+        self.o.add(xo, rows);
+        if rows > 0 {
+            add_chunk_product(&mut self.cross, &mut self.scratch, xc, xo, rows, c, c);
+        }
+    }
+
+    /// Centred cross-covariance per row, `X_cᵀX_o/N − μ_c μ_oᵀ`.
+    pub fn cross_covariance(&self) -> Matrix {
+        let n = self.c.count.max(1.0);
+        let (mc, mo) = (self.c.mean(), self.o.mean());
+        let k = self.c.cols();
+        Mat::from_fn(k, k, |i, j| self.cross[(i, j)] / n - mc[i] * mo[j])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moments_match_naive_sums() {
+        let mut rng = super::super::rng::SplitMix64::new(9);
+        let (rows, cols) = (37, 5);
+        let x: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32 + 0.3).collect();
+        let mut m = Moments::new(cols);
+        m.add(&x[..10 * cols], 10);
+        m.add(&x[10 * cols..], rows - 10);
+        let cov = m.covariance();
+        let mu: Vec<f64> =
+            (0..cols).map(|j| (0..rows).map(|r| f64::from(x[r * cols + j])).sum::<f64>() / rows as f64).collect();
+        for i in 0..cols {
+            for j in 0..cols {
+                let naive: f64 = (0..rows)
+                    .map(|r| (f64::from(x[r * cols + i]) - mu[i]) * (f64::from(x[r * cols + j]) - mu[j]))
+                    .sum::<f64>()
+                    / rows as f64;
+                assert!((cov[(i, j)] - naive).abs() < 1e-5, "{i},{j}: {} vs {naive}", cov[(i, j)]);
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! End-to-end properties of the compression method on a small random ViT calibrated with the
+//! bundled Fashion-MNIST images (`data/fmnist-calib.safetensors`).
+
+use std::path::Path;
+
+use factorvit::safetensors::DType;
+use factorvit::Model;
+use factorvit_compress::data::{load_dataset, Dataset, LoadOptions, Split};
+use factorvit_compress::method::compensate::CompensationOptions;
+use factorvit_compress::method::export::apply_to_spec;
+use factorvit_compress::method::pipeline::{
+    compress_model, Calibration, Compressed, FactorMethod, PipelineOptions, RankPolicy,
+};
+use factorvit_compress::method::synthetic::{random_vit_spec, SyntheticVit};
+use factorvit_compress::writer;
+
+fn calibration(model: &Model<'_>, count: usize) -> Dataset {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fmnist-calib.safetensors");
+    let opts = LoadOptions { split: Split::Train, limit: Some(count), ..LoadOptions::default() };
+    load_dataset(&path, model.preprocess(), &opts).expect("bundled calibration data loads")
+}
+
+fn micro_model() -> (factorvit_compress::checkpoint::ModelSpec, Model<'static>) {
+    let spec = random_vit_spec(&SyntheticVit::micro(), 7).unwrap();
+    let model = Model::from_vec(writer::to_bytes(&spec).unwrap()).unwrap();
+    (spec, model)
+}
+
+fn options(model: &Model<'_>, keep: f64) -> PipelineOptions {
+    PipelineOptions {
+        budget_params: (keep * model.block_linear_params() as f64) as usize,
+        sensitivity_images: 8,
+        batch: 8,
+        threads: 1,
+        progress: false,
+        ..PipelineOptions::default()
+    }
+}
+
+fn run(model: &Model<'_>, data: &Dataset, opts: &PipelineOptions) -> Compressed {
+    let calib = Calibration { pixels: &data.pixel_values, count: data.n, image_size: [data.h, data.w] };
+    compress_model(model, &calib, opts).expect("compression succeeds")
+}
+
+#[test]
+fn activation_aware_error_never_worse_than_plain_svd() {
+    let (_, model) = micro_model();
+    let data = calibration(&model, 48);
+    for keep in [0.2, 0.5] {
+        let base = PipelineOptions { ranks: RankPolicy::Uniform, compensation: false, ..options(&model, keep) };
+        let plain = run(&model, &data, &PipelineOptions { method: FactorMethod::Svd, ..base.clone() });
+        let aware = run(&model, &data, &PipelineOptions { method: FactorMethod::Whitened, ..base });
+        for (p, a) in plain.report.layers.iter().zip(&aware.report.layers) {
+            assert_eq!(p.rank, a.rank, "{}: uniform ranks differ", p.name);
+            if a.kind != "dense" {
+                assert!(
+                    a.error_fit <= p.error_fit * (1.0 + 1e-6),
+                    "{} keep {keep}: whitened {} > svd {}",
+                    a.name,
+                    a.error_fit,
+                    p.error_fit
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn budget_is_met_exactly_for_every_policy() {
+    let (_, model) = micro_model();
+    let data = calibration(&model, 32);
+    for keep in [0.15, 0.3, 0.6] {
+        for ranks in [RankPolicy::Uniform, RankPolicy::Greedy, RankPolicy::GreedySensitivity] {
+            let opts = PipelineOptions { ranks, compensation: false, ..options(&model, keep) };
+            let out = run(&model, &data, &opts);
+            let (_, _, cost) = out.report.totals();
+            let budget = opts.budget_params as f64;
+            assert!(cost <= budget, "{ranks:?} keep {keep}: {cost} > {budget}");
+            // Within one rank step of the smallest layer that could still grow.
+            let step = out
+                .report
+                .layers
+                .iter()
+                .filter(|l| l.kind != "dense")
+                .map(|l| l.out_features + l.in_features)
+                .min()
+                .unwrap_or(0);
+            assert!(
+                budget - cost < step as f64,
+                "{ranks:?} keep {keep}: {cost} leaves more than one rank step ({step}) of {budget}"
+            );
+        }
+    }
+}
+
+#[test]
+fn budget_with_sparse_term_is_met() {
+    let (_, model) = micro_model();
+    let data = calibration(&model, 32);
+    let opts = PipelineOptions { sparse_fraction: 0.3, compensation: false, ..options(&model, 0.3) };
+    let out = run(&model, &data, &opts);
+    let (_, _, cost) = out.report.totals();
+    assert!(cost <= opts.budget_params as f64);
+}
+
+#[test]
+fn compensation_never_increases_fit_loss_nor_validation_loss() {
+    let (_, model) = micro_model();
+    let data = calibration(&model, 64);
+    for keep in [0.15, 0.4] {
+        let opts = PipelineOptions {
+            compensation_options: CompensationOptions { adam_steps: 30, ..CompensationOptions::default() },
+            ..options(&model, keep)
+        };
+        let out = run(&model, &data, &opts);
+        let mut compensated = 0;
+        for l in &out.report.layers {
+            if let (Some(fb), Some(fa)) = (l.compensation_fit_before, l.compensation_fit_after) {
+                compensated += 1;
+                assert!(fa <= fb * (1.0 + 1e-9), "{}: fit loss {fb} -> {fa}", l.name);
+                let (vb, va) = (l.compensation_val_before.unwrap(), l.compensation_val_after.unwrap());
+                assert!(va <= vb * (1.0 + 1e-9), "{}: validation loss {vb} -> {va}", l.name);
+            }
+        }
+        assert!(compensated > 0);
+        let (b, a) = (
+            out.report.validation_distortion_before_compensation.unwrap(),
+            out.report.validation_distortion_after_compensation.unwrap(),
+        );
+        if out.report.compensation_kept == Some(true) {
+            assert!(a <= b);
+        }
+    }
+}
+
+#[test]
+fn deterministic_for_a_seed() {
+    let (_, model) = micro_model();
+    let data = calibration(&model, 40);
+    let opts = PipelineOptions { sparse_fraction: 0.2, ..options(&model, 0.3) };
+    let a = run(&model, &data, &opts);
+    let b = run(&model, &data, &opts);
+    assert_eq!(a.layers.len(), b.layers.len());
+    for (x, y) in a.layers.iter().zip(&b.layers) {
+        match (&x.replacement, &y.replacement) {
+            (None, None) => {}
+            (Some((ax, ab)), Some((bx, bb))) => {
+                assert!(
+                    ax.u == bx.u && ax.v == bx.v && ax.sparse == bx.sparse && ab == bb,
+                    "{} differs between runs",
+                    x.name
+                );
+            }
+            _ => panic!("{}: kind differs between runs", x.name),
+        }
+    }
+}
+
+#[test]
+fn compressed_file_reloads_and_runs() {
+    let (mut spec, model) = micro_model();
+    let data = calibration(&model, 32);
+    let opts = PipelineOptions { sparse_fraction: 0.3, ..options(&model, 0.3) };
+    let out = run(&model, &data, &opts);
+    // In-memory reference: the replacements applied to the model in f32.
+    let mut applied = model.view();
+    out.apply(&mut applied).unwrap();
+    apply_to_spec(&mut spec, &out, DType::F32).unwrap();
+    let bytes = writer::to_bytes(&spec).unwrap();
+    let reloaded = Model::from_bytes(&bytes).unwrap();
+    assert_eq!(reloaded.block_linear_params(), out.report.totals().1);
+    assert!(reloaded.linears().any(|l| l.info().rank > 0));
+    let pixels = &data.pixel_values[..4 * data.sample_len()];
+    let mut s1 = reloaded.session(factorvit::SessionOptions { batch: 4, ..Default::default() }).unwrap();
+    let mut s2 = applied.session(factorvit::SessionOptions { batch: 4, ..Default::default() }).unwrap();
+    let l1 = s1.run(pixels).unwrap().logits.unwrap().to_vec();
+    let l2 = s2.run(pixels).unwrap().logits.unwrap().to_vec();
+    for (a, b) in l1.iter().zip(&l2) {
+        assert!(a.is_finite() && (a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+}
+
+/// The bundled trained model (`models/fmnist-deit-tiny`): at keep 0.4 the compressed model must
+/// agree with the dense one on ≥ 99% of 300 bundled test images, and the activation-aware
+/// decomposition must beat plain SVD layer by layer on real activations.
+#[test]
+fn trained_fmnist_tiny_keeps_its_predictions_at_keep_04() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fmnist-deit-tiny");
+    let spec = factorvit_compress::checkpoint::load_checkpoint(&dir).expect("bundled model imports");
+    let model = Model::from_vec(writer::to_bytes(&spec).unwrap()).unwrap();
+    let calib = calibration(&model, 40);
+    let opts = PipelineOptions { sensitivity_images: 4, threads: 0, ..options(&model, 0.4) };
+    let full = run(&model, &calib, &opts);
+    let plain = run(
+        &model,
+        &calib,
+        &PipelineOptions { method: FactorMethod::Svd, ranks: RankPolicy::Uniform, compensation: false, ..opts.clone() },
+    );
+    let aware =
+        run(&model, &calib, &PipelineOptions { ranks: RankPolicy::Uniform, compensation: false, ..opts.clone() });
+    for (p, a) in plain.report.layers.iter().zip(&aware.report.layers) {
+        if a.kind != "dense" {
+            assert!(a.error_fit <= p.error_fit, "{}: whitened {} > svd {}", a.name, a.error_fit, p.error_fit);
+        }
+    }
+    let test_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fmnist-test.safetensors");
+    let test =
+        load_dataset(&test_path, model.preprocess(), &LoadOptions { limit: Some(300), ..LoadOptions::default() })
+            .unwrap();
+    let mut compressed = model.view();
+    full.apply(&mut compressed).unwrap();
+    let eval = |m: &Model<'_>| {
+        factorvit_compress::method::eval::run_model(
+            m,
+            &test.pixel_values,
+            test.n,
+            [test.h, test.w],
+            50,
+            0,
+            false,
+            |_| {},
+        )
+        .unwrap()
+    };
+    let (dense_out, comp_out) = (eval(&model), eval(&compressed));
+    let metrics =
+        factorvit_compress::method::eval::metrics(&comp_out, test.labels.as_deref(), Some(&dense_out)).unwrap();
+    assert!(metrics.agreement.unwrap() >= 0.99, "agreement {:?}", metrics.agreement);
+}
