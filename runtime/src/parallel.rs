@@ -5,11 +5,12 @@
 //! floating-point operations whatever the thread count: results are bit-identical for 1 or N
 //! threads. Without the `std` feature everything runs on the calling thread.
 
-/// A per-session executor.
+/// A per-session executor. Cloning shares the thread pool.
+#[derive(Clone)]
 pub struct Exec {
     threads: usize,
     #[cfg(feature = "std")]
-    pool: Option<rayon::ThreadPool>,
+    pool: Option<std::sync::Arc<rayon::ThreadPool>>,
 }
 
 impl core::fmt::Debug for Exec {
@@ -43,7 +44,7 @@ impl Exec {
                 .thread_name(|i| std::format!("factorvit-{i}"))
                 .build()
             {
-                Ok(pool) => Exec { threads, pool: Some(pool) },
+                Ok(pool) => Exec { threads, pool: Some(std::sync::Arc::new(pool)) },
                 Err(_) => Exec::serial(),
             }
         }
@@ -57,6 +58,18 @@ impl Exec {
     /// Number of threads work is split across.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Runs `f` on one of the pool's threads (directly when there is no pool). Parallel sections
+    /// inside `f` then start without waking a sleeping thread or blocking the caller's thread
+    /// per section: a whole forward pass runs inside one `install`, so the workers stay warm
+    /// between the many short parallel sections of a ViT.
+    pub fn install<R: Send, F: FnOnce() -> R + Send>(&self, f: F) -> R {
+        #[cfg(feature = "std")]
+        if let Some(pool) = &self.pool {
+            return pool.install(f);
+        }
+        f()
     }
 
     /// Runs `f(i, &mut items[i])` for every item, in parallel when the executor has threads.

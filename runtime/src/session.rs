@@ -361,13 +361,20 @@ impl<'m, 'a> Session<'m, 'a> {
     }
 
     /// [`Session::run`] with hooks receiving intermediate activations.
-    pub fn run_observed(&mut self, pixel_values: &[f32], observer: &mut dyn Observer) -> Result<Outputs<'_>> {
-        self.embed(pixel_values)?;
-        observer.embeddings(&self.x[..self.rows() * self.dim()], self.rows(), self.dim());
-        for i in 0..self.model.blocks.len() {
-            self.run_block(i, observer);
-        }
-        Ok(self.finish())
+    pub fn run_observed(&mut self, pixel_values: &[f32], observer: &mut (dyn Observer + Send)) -> Result<Outputs<'_>> {
+        // The whole pass runs on a pool thread (see `Exec::install`); the handle is cloned so
+        // the closure can borrow the session mutably (an `Arc` clone, no allocation).
+        let exec = self.exec.clone();
+        exec.install(|| -> Result<()> {
+            self.embed(pixel_values)?;
+            observer.embeddings(&self.x[..self.rows() * self.dim()], self.rows(), self.dim());
+            for i in 0..self.model.blocks.len() {
+                self.run_block(i, observer);
+            }
+            self.compute_outputs();
+            Ok(())
+        })?;
+        Ok(self.outputs())
     }
 
     fn rows(&self) -> usize {
@@ -649,6 +656,29 @@ impl<'m, 'a> Session<'m, 'a> {
 
     /// Step 3 of a run: final norm, pooling and heads.
     pub fn finish(&mut self) -> Outputs<'_> {
+        self.compute_outputs();
+        self.outputs()
+    }
+
+    /// The outputs of the last run.
+    fn outputs(&self) -> Outputs<'_> {
+        let c = &self.model.config;
+        let (n, t, d, k) = (self.batch, self.tokens, c.embed_dim, c.num_classes);
+        let rows = n * t;
+        let hidden: &[f32] =
+            if self.model.norm.is_some() { &self.last_hidden[..rows * d] } else { &self.x[..rows * d] };
+        Outputs {
+            logits: if c.head == Head::None { None } else { Some(&self.logits[..n * k]) },
+            last_hidden_state: hidden,
+            pooler_output: &self.pooled[..n * d],
+            batch: n,
+            tokens: t,
+            dim: d,
+            num_classes: k,
+        }
+    }
+
+    fn compute_outputs(&mut self) {
         let model = self.model;
         let c = &model.config;
         let (n, t, d, k) = (self.batch, self.tokens, c.embed_dim, c.num_classes);
@@ -742,15 +772,6 @@ impl<'m, 'a> Session<'m, 'a> {
                     *a = (*a + *b) * 0.5;
                 }
             }
-        }
-        Outputs {
-            logits: if c.head == Head::None { None } else { Some(&self.logits[..n * k]) },
-            last_hidden_state: hidden,
-            pooler_output: &self.pooled[..n * d],
-            batch: n,
-            tokens: t,
-            dim: d,
-            num_classes: k,
         }
     }
 }
