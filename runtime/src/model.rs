@@ -305,6 +305,18 @@ impl core::fmt::Debug for Model<'_> {
 #[cfg(feature = "std")]
 impl Model<'static> {
     /// Memory-maps and validates a factorvit file.
+    ///
+    /// Every offset, shape, index and row pointer is checked here; a bad file gives a typed
+    /// [`Error`] naming the problem.
+    ///
+    /// ```
+    /// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny.fvit");
+    /// let model = factorvit::Model::open(path).unwrap();
+    /// assert_eq!(model.config().num_classes, 3);
+    /// // Aligned tensors are read in place from the map.
+    /// assert_eq!(model.session(Default::default()).unwrap().memory().copied_weight_bytes, 0);
+    /// assert!(factorvit::Model::open("/no/such/model.fvit").is_err());
+    /// ```
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<Model<'static>> {
         let path = path.as_ref();
         let io = |source| Error::Io { path: path.to_owned(), source };
@@ -327,6 +339,14 @@ impl Model<'static> {
 
 impl<'a> Model<'a> {
     /// Validates a factorvit file held in caller memory, reading weights in place.
+    ///
+    /// ```
+    /// let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny.fvit")).unwrap();
+    /// let model = factorvit::Model::from_bytes(&bytes).unwrap();
+    /// assert_eq!(model.labels(), ["class 0", "class 1", "class 2"]);
+    /// // A truncated file is an error, never a panic.
+    /// assert!(factorvit::Model::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+    /// ```
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Model<'a>> {
         Model::load(Storage::Borrowed(bytes))
     }
@@ -491,6 +511,18 @@ impl<'a> Model<'a> {
     /// The linear layer `which` of block `block`.
     pub fn block_linear(&self, block: usize, which: BlockLinear) -> Option<&Linear> {
         self.blocks.get(block).map(|b| b.linear(which))
+    }
+
+    /// The LayerScale `γ` applied to the output of a block linear before it joins the residual
+    /// stream (`ls1` after `attn.proj`, `ls2` after `mlp.fc2`); `None` for the other layers and
+    /// for models without LayerScale.
+    pub fn layer_scale(&self, block: usize, which: BlockLinear) -> Option<&[f32]> {
+        let b = self.blocks.get(block)?;
+        match which {
+            BlockLinear::Proj => b.ls1.as_deref(),
+            BlockLinear::Fc2 => b.ls2.as_deref(),
+            _ => None,
+        }
     }
 
     /// Looks a linear layer up by name (`blocks.3.mlp.fc1`, `head`, `patch_embed`).

@@ -165,6 +165,13 @@ impl core::fmt::Debug for Session<'_, '_> {
 
 impl<'a> Model<'a> {
     /// Creates a session (allocates every buffer a run needs).
+    ///
+    /// ```
+    /// let model = factorvit::Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny.fvit")).unwrap();
+    /// let session = model.session(factorvit::SessionOptions { threads: 2, batch: 4, image_size: [0, 0] }).unwrap();
+    /// assert_eq!(session.image_size(), [8, 8]);
+    /// assert!(session.memory().arena_bytes > 0);
+    /// ```
     pub fn session(&self, options: SessionOptions) -> Result<Session<'_, 'a>> {
         Session::new(self, options)
     }
@@ -356,6 +363,19 @@ impl<'m, 'a> Session<'m, 'a> {
     }
 
     /// Runs the model on `pixel_values` (`[n, C, H, W]`, normalised, `1 ≤ n ≤ max_batch`).
+    ///
+    /// ```
+    /// let model = factorvit::Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny.fvit")).unwrap();
+    /// let mut session = model.session(factorvit::SessionOptions { threads: 1, batch: 2, image_size: [0, 0] }).unwrap();
+    /// let image = vec![0.25f32; 3 * 8 * 8];
+    /// let two: Vec<f32> = image.iter().chain(&image).copied().collect();
+    /// let out = session.run(&two).unwrap();
+    /// assert_eq!((out.batch, out.num_classes), (2, 3));
+    /// let logits = out.logits.unwrap();
+    /// assert_eq!(logits[..3], logits[3..]); // same image, same logits
+    /// // A buffer of the wrong size is an error.
+    /// assert!(session.run(&image[1..]).is_err());
+    /// ```
     pub fn run(&mut self, pixel_values: &[f32]) -> Result<Outputs<'_>> {
         self.run_observed(pixel_values, &mut NoObserver)
     }

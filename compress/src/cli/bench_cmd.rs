@@ -61,7 +61,13 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
-    if args.batch == 0 || args.runs == 0 || !(args.min_time >= 0.0) || !(args.dram_gbps > 0.0) {
+    if args.batch == 0
+        || args.runs == 0
+        || !args.min_time.is_finite()
+        || args.min_time < 0.0
+        || !args.dram_gbps.is_finite()
+        || args.dram_gbps <= 0.0
+    {
         return Err(CliError::msg("--batch and --runs must be positive, --min-time >= 0, --dram-gbps > 0"));
     }
     let opts = |threads| BenchOptions {

@@ -101,6 +101,9 @@ pub struct Args {
     /// Skip layer-wise error compensation
     #[arg(long)]
     pub no_compensation: bool,
+    /// Measure errors of attn.proj / mlp.fc2 before LayerScale instead of after it (ablation)
+    #[arg(long)]
+    pub no_layer_scale: bool,
     /// Factorisation method
     #[arg(long, value_enum, default_value_t = MethodArg::Whitened)]
     pub method: MethodArg,
@@ -254,6 +257,7 @@ pub fn pipeline_options(args: &Args, budget: usize, dtype: DType, global: &Globa
         sparse_row_cost: 4.0 / dtype.size() as f64,
         residual_rank: args.residual_rank,
         compensation: !args.no_compensation,
+        layer_scale_aware: !args.no_layer_scale,
         compensation_options: CompensationOptions {
             ridge_grid: args.ridge.clone(),
             adam_steps: args.adam_steps,
@@ -282,7 +286,40 @@ pub fn load_calibration(
         .context(|| format!("cannot load calibration data {}", path.display()))
 }
 
+/// What [`compress`] wrote.
+pub struct Outcome {
+    /// The per-layer report.
+    pub report: factorvit_compress::method::report::Report,
+    /// Parameters of the output model.
+    pub params: usize,
+    /// Weight bytes of the output model (read once per inference).
+    pub weight_bytes: usize,
+    /// Size of the written file.
+    pub file_bytes: usize,
+    /// Where the JSON report was written.
+    pub report_path: PathBuf,
+    /// Wall time of the whole command.
+    pub seconds: f64,
+}
+
 pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
+    let out = compress(args, global)?;
+    global.say(&out.report.table());
+    global.say(&format!(
+        "wrote {}: {} parameters, {} of weights, file {} ({:.1} s); report {}",
+        args.output.display(),
+        thousands(out.params),
+        human_bytes(out.weight_bytes),
+        human_bytes(out.file_bytes),
+        out.seconds,
+        out.report_path.display()
+    ));
+    Ok(())
+}
+
+/// Compresses `args.model` into `args.output` (atomically) and writes the JSON report next to it;
+/// shows progress bars unless `--quiet`, prints nothing else.
+pub fn compress(args: &Args, global: &Global) -> Result<Outcome, CliError> {
     let started = Instant::now();
     configure_threads(args.threads);
     let mut spec = load_spec(&args.model, global)?;
@@ -343,15 +380,12 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
     let report_path = PathBuf::from(format!("{}.report.json", args.output.display()));
     writer::write_atomic(&report_path, compressed.report.to_json().as_bytes())
         .context(|| format!("cannot write {}", report_path.display()))?;
-    global.say(&compressed.report.table());
-    global.say(&format!(
-        "wrote {}: {} parameters, {} of weights, file {} ({:.1} s); report {}",
-        args.output.display(),
-        thousands(params),
-        human_bytes(weight_bytes),
-        human_bytes(bytes.len()),
-        started.elapsed().as_secs_f64(),
-        report_path.display()
-    ));
-    Ok(())
+    Ok(Outcome {
+        report: compressed.report,
+        params,
+        weight_bytes,
+        file_bytes: bytes.len(),
+        report_path,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }

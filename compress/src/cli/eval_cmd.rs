@@ -51,7 +51,8 @@ pub struct Args {
     pub threads: usize,
 }
 
-fn progress(global: &Global, len: usize, what: &str) -> ProgressBar {
+/// A progress bar on stderr (hidden with `--quiet`).
+pub fn progress(global: &Global, len: usize, what: &str) -> ProgressBar {
     let target = if global.quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
     let pb = ProgressBar::with_draw_target(Some(len as u64), target);
     pb.set_style(

@@ -3,17 +3,18 @@
 //!
 //! Adding a subcommand: create `cli/<name>.rs` with an `Args` struct (clap `Args` derive) and a
 //! `run(&Args, &Global) -> Result<(), CliError>` function, then add a variant to [`Command`]
-//! and a match arm in [`dispatch`]. Planned: `compress`, `eval`, `inspect`, `bench`, `run`,
-//! `demo`.
+//! and a match arm in [`dispatch`].
 
 mod bench_cmd;
 mod compress_cmd;
 mod convert;
+mod demo_cmd;
 mod error;
 mod eval_cmd;
 mod infer;
 mod inspect_cmd;
 mod model;
+mod run_cmd;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -71,6 +72,12 @@ impl Global {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Compress the bundled model at a few budgets, evaluate, benchmark, print one table
+    #[command(after_help = demo_cmd::AFTER_HELP)]
+    Demo(demo_cmd::Args),
+    /// Classify image files (jpg/png): top-5 labels with probabilities
+    #[command(after_help = run_cmd::AFTER_HELP)]
+    Run(run_cmd::Args),
     /// Convert a timm / transformers checkpoint directory into a factorvit (.fvit) file
     #[command(after_help = convert::AFTER_HELP)]
     Convert(convert::Args),
@@ -93,6 +100,8 @@ enum Command {
 
 fn dispatch(cli: &Cli) -> Result<(), CliError> {
     match &cli.command {
+        Command::Demo(args) => demo_cmd::run(args, &cli.global),
+        Command::Run(args) => run_cmd::run(args, &cli.global),
         Command::Convert(args) => convert::run(args, &cli.global),
         Command::Infer(args) => infer::run(args, &cli.global),
         Command::Compress(args) => compress_cmd::run(args, &cli.global),
