@@ -6,8 +6,9 @@ use super::model::{human_bytes, open_model, thousands};
 use super::{CliError, Global};
 
 pub const AFTER_HELP: &str = "\
-Example:
+Examples:
   factorvit inspect tiny-40.fvit
+  factorvit inspect models/fmnist-deit-tiny      # a checkpoint directory, converted in memory
 
 Prints every linear layer (name, kind, shape, rank, nnz, dtype, parameters, bytes), the totals,
 the file size and the weight bytes one inference reads.";

@@ -1,0 +1,127 @@
+//! `factorvit demo` and `factorvit run` end to end on the bundled model and data.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+
+fn factorvit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_factorvit"))
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("run factorvit")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn every_command_has_help_with_examples() {
+    for cmd in ["demo", "run", "convert", "infer", "compress", "eval", "inspect", "bench"] {
+        let o = factorvit(&[cmd, "--help"]);
+        assert_eq!(o.status.code(), Some(0), "{cmd} --help");
+        let out = text(&o.stdout);
+        assert!(out.contains("Examples:") && out.contains("factorvit"), "{cmd} --help: {out}");
+    }
+}
+
+/// The bundled example images are named `fmnist-test-NNNN-<label>.png`; the dense model must
+/// give each its label as top class, with probabilities that are a distribution.
+#[test]
+fn run_prints_the_top_classes_of_image_files() {
+    let dir = repo_root().join("examples/images");
+    let mut images: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .map(|p| p.to_str().unwrap().to_string())
+        .collect();
+    images.sort();
+    assert!(images.len() >= 3, "bundled images: {images:?}");
+    let mut args = vec!["run", "--model", "models/fmnist-deit-tiny", "--json", "--threads", "1"];
+    args.extend(images.iter().map(String::as_str));
+    let o = factorvit(&args);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", text(&o.stderr));
+    let lines: Vec<serde_json::Value> =
+        text(&o.stdout).lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    assert_eq!(lines.len(), images.len());
+    for (line, image) in lines.iter().zip(&images) {
+        assert_eq!(line["image"].as_str().unwrap(), image);
+        let top = line["top"].as_array().unwrap();
+        assert_eq!(top.len(), 5);
+        let probs: Vec<f64> = top.iter().map(|t| t["probability"].as_f64().unwrap()).collect();
+        assert!(probs.windows(2).all(|w| w[0] >= w[1]), "not sorted: {probs:?}");
+        assert!(probs.iter().all(|&p| (0.0..=1.0).contains(&p)) && probs.iter().sum::<f64>() <= 1.0 + 1e-9);
+        let slug = top[0]["label"].as_str().unwrap().to_lowercase().replace(['/', ' '], "-");
+        assert!(image.ends_with(&format!("-{slug}.png")), "{image} classified as {slug}");
+    }
+    // Text output: the file name, then one line per class.
+    let o = factorvit(&["run", "--model", "models/fmnist-deit-tiny", "--top", "3", &images[0]]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = text(&o.stdout);
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(out.lines().skip(1).all(|l| l.contains('%')), "{out}");
+}
+
+#[test]
+fn run_rejects_bad_inputs_with_one_line() {
+    for args in [
+        &["run", "--model", "models/fmnist-deit-tiny", "README.md"][..],
+        &["run", "--model", "models/fmnist-deit-tiny", "no-such-image.png"],
+        &["run", "--model", "no-such-model.fvit", "examples/images/fmnist-test-0000-ankle-boot.png"],
+        &["run", "--model", "models/fmnist-deit-tiny", "--top", "0", "examples/images/fmnist-test-0000-ankle-boot.png"],
+    ] {
+        let o = factorvit(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = text(&o.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: ") && !err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+/// A small demo (one budget, few calibration images, no timing) prints the table with the
+/// dense and the compressed rows and writes its outputs.
+#[test]
+fn demo_compresses_evaluates_and_prints_one_table() {
+    let out = TempDir::new("demo");
+    let o = factorvit(&[
+        "demo",
+        "--keep",
+        "0.3",
+        "--calib-count",
+        "24",
+        "--data",
+        "data/fmnist-test.safetensors",
+        "--no-bench",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let stdout = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "stdout: {stdout}\nstderr: {}", text(&o.stderr));
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| :-")).collect();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    assert!(rows[0].contains("params") && rows[0].contains("agreement"));
+    assert!(rows[1].starts_with("| dense ") && rows[2].starts_with("| keep 0.3 "), "{stdout}");
+    assert!(stdout.contains("evaluated on 1000 images"), "{stdout}");
+    let cells = |row: &str| -> Vec<String> { row.split('|').map(|c| c.trim().to_string()).collect() };
+    let dense = cells(rows[1]);
+    let small = cells(rows[2]);
+    let number = |s: &str| s.trim_end_matches(" %").replace(',', "").parse::<f64>().unwrap();
+    // Parameters: the compressed model is smaller; accuracy and agreement are sensible.
+    assert!(number(&small[2]) < 0.5 * number(&dense[2]), "{stdout}");
+    assert!(number(&dense[6]) > 85.0, "dense top-1: {stdout}");
+    assert!(number(&small[7]) > 80.0, "agreement: {stdout}");
+    let mut files = out.entries();
+    files.sort();
+    assert_eq!(files, ["demo-results.md", "dense.fvit", "keep-0.3.fvit", "keep-0.3.fvit.report.json"]);
+}
+
+#[test]
+fn demo_rejects_bad_budgets() {
+    let o = factorvit(&["demo", "--keep", "1.5", "--no-bench"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).starts_with("error: "));
+}
