@@ -7,11 +7,7 @@ use std::process::{Command, Output};
 use common::*;
 
 fn factorvit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_factorvit"))
-        .args(args)
-        .current_dir(repo_root())
-        .output()
-        .expect("run factorvit")
+    Command::new(env!("CARGO_BIN_EXE_factorvit")).args(args).current_dir(repo_root()).output().expect("run factorvit")
 }
 
 fn text(bytes: &[u8]) -> String {
