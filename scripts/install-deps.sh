@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a Debian machine with rustup: cross targets, the aarch64
-# cross linker and qemu, qemu-system-arm for the Cortex-M firmware, and the Python packages the
-# interoperability tests use (numpy + safetensors). Idempotent.
+# cross linker and qemu, qemu-system-arm and arm-none-eabi binutils for the Cortex-M firmware, and
+# the Python packages the interoperability tests use (numpy + safetensors). Idempotent.
 set -euo pipefail
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add aarch64-unknown-linux-gnu thumbv7em-none-eabihf
@@ -10,6 +10,8 @@ need_apt=()
 command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
 command -v qemu-system-arm >/dev/null || need_apt+=(qemu-system-arm)
+# arm-none-eabi-size reports the Cortex-M firmware's flash and RAM use (scripts/test-firmware.sh).
+command -v arm-none-eabi-size >/dev/null || need_apt+=(binutils-arm-none-eabi)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
