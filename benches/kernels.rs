@@ -4,8 +4,8 @@
 //! reads as GFLOP/s (a GEMM `m × k · k × n` counts `2·m·n·k`). The single-core FMA peak
 //! (`kernels::peak::measure_fma_peak_gflops`) is printed first as the yardstick.
 //!
-//! `cargo bench --bench kernels` (the whole file runs in about two minutes);
-//! `cargo bench --bench kernels -- dense` to filter.
+//! `cargo bench -p factorvit-e2e --bench kernels` (the whole file runs in about two minutes);
+//! `cargo bench -p factorvit-e2e --bench kernels -- dense` to filter.
 
 use std::hint::black_box;
 use std::time::Duration;

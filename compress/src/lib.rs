@@ -8,4 +8,5 @@ pub mod checkpoint;
 pub mod data;
 pub mod method;
 pub mod preprocess;
+pub mod report_html;
 pub mod writer;

@@ -112,7 +112,10 @@ fn demo_compresses_evaluates_and_prints_one_table() {
     assert!(number(&small[7]) > 80.0, "agreement: {stdout}");
     let mut files = out.entries();
     files.sort();
-    assert_eq!(files, ["demo-results.md", "dense.fvit", "keep-0.3.fvit", "keep-0.3.fvit.report.json"]);
+    assert_eq!(
+        files,
+        ["demo-results.md", "dense.fvit", "keep-0.3.fvit", "keep-0.3.fvit.report.json", "keep-0.3.report.html"]
+    );
 }
 
 #[test]

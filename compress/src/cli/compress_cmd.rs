@@ -12,6 +12,7 @@ use factorvit_compress::method::export;
 use factorvit_compress::method::pipeline::{
     self, Calibration, FactorMethod, PipelineOptions, RankPolicy, SparseLayers,
 };
+use factorvit_compress::report_html::{self, ReportFormat, ReportInfo};
 use factorvit_compress::writer;
 
 use super::model::{human_bytes, load_spec, thousands, DtypeArg};
@@ -22,11 +23,16 @@ Examples:
   factorvit compress --model fmnist-deit-tiny --calib /usr/share/datasets/fashion-mnist --keep 0.4 -o tiny-40.fvit
   factorvit compress --model fmnist-deit-small --calib fmnist-calib.safetensors --match-model fmnist-deit-tiny -o small-as-tiny.fvit
   factorvit compress --model dinov2-small --calib ./photos --crops-per-image 16 --keep 0.5 -o dinov2-50.fvit
+  factorvit compress --model models/fmnist-deit-tiny --calib data/fmnist-calib.safetensors --keep 0.25 -o k25.fvit --report k25.html
 
 Budget (exactly one): --keep F keeps fraction F of the block-linear weights; --max-params N and
 --match-model DIR bound the total parameter count of the output (DIR: another checkpoint);
 --max-bytes N bounds the bytes of all weight tensors. Patch embedding and heads stay dense.
-The per-layer report is printed and written to OUTPUT.report.json.";
+The per-layer report is printed and written to OUTPUT.report.json. --report FILE.html also draws
+it as one offline HTML page (rank per layer across depth, each layer's activation-weighted
+singular values with the chosen rank, parameters and error per layer before/after compensation);
+--report FILE.svg writes the same figures as FILE-ranks.svg, FILE-spectra.svg, FILE-params.svg
+and FILE-errors.svg next to it.";
 
 /// Factorisation method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -59,6 +65,9 @@ pub struct Args {
     /// Output file
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
+    /// Pictures of the run: FILE.html (one offline page) or FILE.svg (one SVG file per figure)
+    #[arg(long, value_name = "FILE", value_parser = parse_report_path)]
+    pub report: Option<PathBuf>,
     /// Fraction of block-linear parameters to keep
     #[arg(long)]
     pub keep: Option<f64>,
@@ -104,6 +113,10 @@ pub struct Args {
     /// Measure errors of attn.proj / mlp.fc2 before LayerScale instead of after it (ablation)
     #[arg(long)]
     pub no_layer_scale: bool,
+    /// Weight of the class (and distillation) token in the activation statistics, relative to
+    /// one patch token
+    #[arg(long, default_value_t = 1.0)]
+    pub prefix_token_weight: f64,
     /// Factorisation method
     #[arg(long, value_enum, default_value_t = MethodArg::Whitened)]
     pub method: MethodArg,
@@ -137,6 +150,12 @@ pub struct Args {
     /// Worker threads (0 = all cores)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+}
+
+/// `--report`: a path ending in .html, .htm or .svg.
+fn parse_report_path(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    ReportFormat::from_path(&p).map(|_| p).map_err(|e| e.to_string())
 }
 
 /// Split argument.
@@ -258,6 +277,7 @@ pub fn pipeline_options(args: &Args, budget: usize, dtype: DType, global: &Globa
         residual_rank: args.residual_rank,
         compensation: !args.no_compensation,
         layer_scale_aware: !args.no_layer_scale,
+        prefix_token_weight: args.prefix_token_weight,
         compensation_options: CompensationOptions {
             ridge_grid: args.ridge.clone(),
             adam_steps: args.adam_steps,
@@ -298,6 +318,8 @@ pub struct Outcome {
     pub file_bytes: usize,
     /// Where the JSON report was written.
     pub report_path: PathBuf,
+    /// Files written for `--report` (empty without it).
+    pub report_files: Vec<PathBuf>,
     /// Wall time of the whole command.
     pub seconds: f64,
 }
@@ -314,6 +336,9 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
         out.seconds,
         out.report_path.display()
     ));
+    for f in &out.report_files {
+        global.say(&format!("wrote {}", f.display()));
+    }
     Ok(())
 }
 
@@ -331,6 +356,7 @@ pub fn compress(args: &Args, global: &Global) -> Result<Outcome, CliError> {
     }
     let dtype = args.dtype.map_or_else(|| export::block_dtype(&spec), DtypeArg::dtype);
     let bytes = writer::to_bytes(&spec).context(|| format!("cannot convert {}", args.model.display()))?;
+    let source_file_bytes = bytes.len();
     let model =
         factorvit::Model::from_vec(bytes).context(|| format!("the runtime rejects {}", args.model.display()))?;
     let budget = resolve_budget(args, &model, &spec, dtype, global)?;
@@ -350,6 +376,7 @@ pub fn compress(args: &Args, global: &Global) -> Result<Outcome, CliError> {
         return Err(CliError::msg(format!("{} calibration images: at least 2 are needed", calib.n)));
     }
     let opts = pipeline_options(args, budget, dtype, global);
+    let (source_params, source_weight_bytes) = (model.params(), model.weight_bytes());
     let calibration = Calibration { pixels: &calib.pixel_values, count: calib.n, image_size: [calib.h, calib.w] };
     let compressed =
         pipeline::compress_model(&model, &calibration, &opts).map_err(|e| CliError::new("compression failed", e))?;
@@ -380,12 +407,35 @@ pub fn compress(args: &Args, global: &Global) -> Result<Outcome, CliError> {
     let report_path = PathBuf::from(format!("{}.report.json", args.output.display()));
     writer::write_atomic(&report_path, compressed.report.to_json().as_bytes())
         .context(|| format!("cannot write {}", report_path.display()))?;
+    let report_files = match &args.report {
+        Some(path) => {
+            let info = ReportInfo {
+                model: Some(args.model.display().to_string()),
+                output: Some(args.output.display().to_string()),
+                file_bytes: Some(bytes.len() as u64),
+                source_file_bytes: Some(source_file_bytes as u64),
+                model_params: Some((source_params, params)),
+                weight_bytes: Some((source_weight_bytes, weight_bytes)),
+                total_seconds: Some(started.elapsed().as_secs_f64()),
+                extra: vec![
+                    ("method".into(), format!("{:?}, ranks {:?}", opts.method, opts.ranks)),
+                    ("dtype".into(), dtype.name().to_string()),
+                    ("calibration data".into(), args.calib.display().to_string()),
+                ],
+                ..ReportInfo::default()
+            };
+            report_html::write_report(&compressed.report, &info, path)
+                .context(|| format!("cannot write the report {}", path.display()))?
+        }
+        None => Vec::new(),
+    };
     Ok(Outcome {
         report: compressed.report,
         params,
         weight_bytes,
         file_bytes: bytes.len(),
         report_path,
+        report_files,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -28,7 +28,8 @@ with timm, f16 weights), data/fmnist-calib.safetensors (512 training images; 256
 calibration) and data/fmnist-test.safetensors (the first 1,000 test images). When the Debian
 package dataset-fashion-mnist is installed, the full test set under
 /usr/share/datasets/fashion-mnist is used instead. Outputs (the compressed .fvit files, their
-JSON reports and demo-results.md) go to --out.";
+JSON and HTML reports — rank allocation, spectra, errors per layer — and demo-results.md) go to
+--out.";
 
 /// Where the Debian package `dataset-fashion-mnist` installs the dataset.
 const SYSTEM_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
@@ -180,6 +181,8 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
             keep.to_string(),
             "-o".into(),
             output.display().to_string(),
+            "--report".into(),
+            out.join(format!("keep-{keep}.report.html")).display().to_string(),
         ];
         let parsed = CompressArgs::try_parse_from(&argv).map_err(|e| CliError::msg(e.to_string()))?;
         let outcome = compress_cmd::compress(&parsed.args, global)?;
@@ -285,7 +288,7 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
     let backend = rows[0].bench.first().map_or("?", |b| b.backend.as_str()).to_string();
     let footer = format!(
         "weights/inference: bytes of weights read per image (batch 1); latency: median of >= 20 runs per thread count, \
-         kernels: {backend}; agreement: same top-1 class as the dense model. Total {:.0} s. Files in {}.",
+         kernels: {backend}; agreement: same top-1 class as the dense model. Total {:.0} s. Files in {} (open keep-*.report.html for the per-layer ranks, spectra and errors).",
         started.elapsed().as_secs_f64(),
         out.display()
     );

@@ -82,6 +82,14 @@ pub struct PipelineOptions {
     pub residual_rank: usize,
     /// Layer-wise compensation.
     pub compensation: bool,
+    /// Measure the errors of layers followed by a LayerScale `γ` (`attn.proj`, `mlp.fc2`) in
+    /// residual-stream units, i.e. on `γ ⊙ (W x + b)` (decomposition, allocation, sparse term and
+    /// compensation). No effect on models without LayerScale.
+    pub layer_scale_aware: bool,
+    /// Weight of the prefix tokens (class / distillation token) in every statistic (1 = every
+    /// token counts the same). The class token is what the head or pooler reads, and in deep
+    /// blocks patch tokens attend to it heavily, so it is worth more than one of ~200 tokens.
+    pub prefix_token_weight: f64,
     /// Options of the compensation.
     pub compensation_options: CompensationOptions,
     /// Ridge added to the input covariance for the decomposition (fraction of its mean
@@ -119,6 +127,8 @@ impl Default for PipelineOptions {
             sparse_row_cost: 2.0,
             residual_rank: 0,
             compensation: true,
+            layer_scale_aware: true,
+            prefix_token_weight: 1.0,
             compensation_options: CompensationOptions::default(),
             whitening_ridge: vec![0.0],
             validation_fraction: 0.2,
@@ -299,12 +309,39 @@ fn bar(opts: &PipelineOptions, len: usize, what: &str) -> ProgressBar {
 
 struct MomentsObserver<'a> {
     moments: &'a mut [Moments],
+    /// Tokens per image and leading prefix tokens per image.
+    tokens: usize,
+    prefix: usize,
+    /// Extra weight of the prefix tokens (`prefix_token_weight − 1`; 0 = none).
+    extra: f64,
 }
 
 impl Observer for MomentsObserver<'_> {
-    fn linear_input(&mut self, _block: usize, which: BlockLinear, x: &[f32], rows: usize, _cols: usize) {
+    fn linear_input(&mut self, _block: usize, which: BlockLinear, x: &[f32], rows: usize, cols: usize) {
         self.moments[which as usize].add(x, rows);
+        if self.extra > 0.0 {
+            let (p, n) = prefix_rows(x, rows, cols, self.tokens, self.prefix);
+            self.moments[which as usize].add_weighted(&p, n, self.extra);
+        }
     }
+}
+
+/// The rows of the prefix tokens (the first `prefix` of every `tokens` rows).
+fn prefix_rows(x: &[f32], rows: usize, cols: usize, tokens: usize, prefix: usize) -> (Vec<f32>, usize) {
+    let mut out = Vec::new();
+    let mut n = 0;
+    if tokens == 0 || prefix == 0 {
+        return (out, 0);
+    }
+    for r in (0..rows).filter(|r| r % tokens < prefix) {
+        out.extend_from_slice(&x[r * cols..(r + 1) * cols]);
+        n += 1;
+    }
+    (out, n)
+}
+
+fn prefix_tokens(cfg: &factorvit::ModelConfig) -> usize {
+    usize::from(cfg.class_token) + usize::from(cfg.dist_token)
 }
 
 struct CaptureObserver<'a> {
@@ -425,6 +462,57 @@ fn layer_weight(
     Ok((linalg::from_row_major(&w, m, n), bias))
 }
 
+/// The output weighting `d` of a layer (its LayerScale `γ`), when errors are measured in
+/// residual-stream units.
+fn output_scale(model: &Model<'_>, block: usize, which: BlockLinear, opts: &PipelineOptions) -> Option<Vec<f64>> {
+    if !opts.layer_scale_aware {
+        return None;
+    }
+    let g = model.layer_scale(block, which)?;
+    // A zero γ would make the un-scaling singular; such channels carry no output anyway.
+    let floor = g.iter().map(|v| v.abs()).fold(0.0f32, f32::max) as f64 * 1e-6;
+    Some(g.iter().map(|&v| if (v as f64).abs() < floor { floor.max(f64::MIN_POSITIVE) } else { v as f64 }).collect())
+}
+
+/// The layer as the method sees it: `(diag(d)·W, d ⊙ b)` with the output weighting `d` of
+/// [`output_scale`] (`(W, b)` without one). Everything computed from it (factors, biases,
+/// errors, compensation) is in these units; [`to_model_units`] maps a result back.
+fn scaled_layer_weight(
+    model: &Model<'_>,
+    block: usize,
+    which: BlockLinear,
+    opts: &PipelineOptions,
+) -> Result<(Matrix, Option<Vec<f64>>), MethodError> {
+    let (w, bias) = layer_weight(model, block, which)?;
+    match output_scale(model, block, which, opts) {
+        None => Ok((w, bias)),
+        Some(d) => Ok((
+            Mat::from_fn(w.nrows(), w.ncols(), |i, j| d[i] * w[(i, j)]),
+            bias.map(|b| b.iter().zip(&d).map(|(x, s)| x * s).collect()),
+        )),
+    }
+}
+
+/// Maps a replacement computed in the weighted units of [`scaled_layer_weight`] back to the
+/// model's units (rows of `U`, of the sparse term and the bias divided by `d`).
+fn to_model_units(c: &Candidate, d: Option<&[f64]>) -> Candidate {
+    let Some(d) = d else { return c.clone() };
+    let u = Mat::from_fn(c.approx.u.nrows(), c.approx.u.ncols(), |i, j| c.approx.u[(i, j)] / d[i]);
+    let sparse = c.approx.sparse.as_ref().map(|s| {
+        let mut s = s.clone();
+        for (i, di) in d.iter().enumerate().take(s.row_ptr.len().saturating_sub(1)) {
+            for q in s.row_ptr[i] as usize..s.row_ptr[i + 1] as usize {
+                s.values[q] /= di;
+            }
+        }
+        s
+    });
+    Candidate {
+        approx: Approximation { u, v: c.approx.v.clone(), sparse },
+        bias: c.bias.iter().zip(d).map(|(b, s)| b / s).collect(),
+    }
+}
+
 /// Compresses every block linear of `model` with the calibration images.
 pub fn compress_model(
     model: &Model<'_>,
@@ -440,6 +528,10 @@ pub fn compress_model(
         return Err(MethodError::Input("batch must be at least 1".into()));
     }
     let splits = make_splits(calib.count, opts.validation_fraction, opts.seed, opts.group_size);
+    let scales: Vec<Option<Vec<f64>>> = (0..cfg.depth)
+        .flat_map(|b| BlockLinear::ALL.map(|w| (b, w)))
+        .map(|(b, w)| output_scale(model, b, w, opts))
+        .collect();
     let mut timings: Vec<(String, f64)> = Vec::new();
     let mut lap = Instant::now();
     let mut tick = |what: &str, lap: &mut Instant| {
@@ -479,10 +571,11 @@ pub fn compress_model(
                     .clamp(1, st.svd.max_rank());
                 let (u, v) = st.svd.factors(probe);
                 let approx = Approximation { u, v, sparse: None };
-                let (w, bias) = layer_weight(model, block, st.which)?;
+                let (w, bias) = scaled_layer_weight(model, block, st.which, opts)?;
                 let b = decompose::corrected_bias(&w, &approx.dense(), bias.as_deref(), &st.fit_mean);
                 let mut probe_model = model.view();
-                let (lw, lb) = to_linear_weights(&approx, &b);
+                let probe_layer = to_model_units(&Candidate { approx, bias: b }, scales[k].as_deref());
+                let (lw, lb) = to_linear_weights(&probe_layer.approx, &probe_layer.bias);
                 probe_model.set_linear(&st.name, lw, Some(lb))?;
                 let out = finish_from(&probe_model, calib, &sens_ids, stream, block, opts)?;
                 let dist = distortion(reference, &out);
@@ -563,10 +656,11 @@ pub fn compress_model(
     let mut reports: Vec<LayerReport> = Vec::with_capacity(layers.len());
     let pb = bar(opts, layers.len(), "factors");
     for (k, st) in layers.iter().enumerate() {
-        let (w, bias) = layer_weight(model, st.block, st.which)?;
+        let (w, bias) = scaled_layer_weight(model, st.block, st.which, opts)?;
         let mut rep = LayerReport::new(&st.name, st.m, st.n);
         rep.sensitivity = st.sensitivity;
         rep.whitening_ridge = st.ridge;
+        rep.spectrum = st.svd.sigma.clone();
         match alloc[k] {
             Allocation::Dense => {
                 rep.kind = "dense".into();
@@ -641,7 +735,7 @@ pub fn compress_model(
         let val_ref = finish_from(model, calib, &splits.val, &embed_stream(model, calib, &splits.val, opts)?, 0, opts)?;
         let score = |layers: &[Option<Candidate>]| -> Result<f64, MethodError> {
             let mut m = model.view();
-            apply_candidates(&mut m, &cfg, layers)?;
+            apply_candidates(&mut m, &cfg, layers, &scales)?;
             let s = embed_stream(&m, calib, &splits.val, opts)?;
             Ok(distortion(&val_ref, &finish_from(&m, calib, &splits.val, &s, 0, opts)?))
         };
@@ -662,7 +756,14 @@ pub fn compress_model(
     let layers_out: Vec<LayerResult> = reports
         .iter()
         .zip(final_layers)
-        .map(|(r, c)| LayerResult { name: r.name.clone(), replacement: c.map(|c| (c.approx, c.bias)) })
+        .zip(&scales)
+        .map(|((r, c), d)| LayerResult {
+            name: r.name.clone(),
+            replacement: c.map(|c| {
+                let c = to_model_units(&c, d.as_deref());
+                (c.approx, c.bias)
+            }),
+        })
         .collect();
     let report = Report {
         layers: reports,
@@ -689,9 +790,11 @@ fn apply_candidates(
     m: &mut Model<'_>,
     cfg: &factorvit::ModelConfig,
     layers: &[Option<Candidate>],
+    scales: &[Option<Vec<f64>>],
 ) -> Result<(), MethodError> {
     for (k, c) in layers.iter().enumerate() {
         if let Some(c) = c {
+            let c = to_model_units(c, scales[k].as_deref());
             let name = BlockLinear::ALL[k % 4].name(k / 4);
             debug_assert!(k / 4 < cfg.depth);
             let (w, b) = to_linear_weights(&c.approx, &c.bias);
@@ -728,7 +831,16 @@ fn advance(
         session.embed(&calib.gather(chunk))?;
         session.residual_mut().copy_from_slice(stream.images(range.clone()));
         match moments.as_deref_mut() {
-            Some(m) => session.run_block(block, &mut MomentsObserver { moments: m }),
+            Some(m) => {
+                let tokens = session.tokens();
+                let mut obs = MomentsObserver {
+                    moments: m,
+                    tokens,
+                    prefix: prefix_tokens(model.config()),
+                    extra: (opts.prefix_token_weight - 1.0).max(0.0),
+                };
+                session.run_block(block, &mut obs)
+            }
             None => session.run_block(block, &mut factorvit::NoObserver),
         }
         stream.images_mut(range).copy_from_slice(session.residual());
@@ -745,7 +857,7 @@ fn decompose_layer(
     val: &Moments,
     opts: &PipelineOptions,
 ) -> Result<LayerState, MethodError> {
-    let (w, bias) = layer_weight(model, block, which)?;
+    let (w, bias) = scaled_layer_weight(model, block, which, opts)?;
     let (m, n) = (w.nrows(), w.ncols());
     let name = which.name(block);
     let fit_cov = fit.covariance();
@@ -924,9 +1036,17 @@ fn compensate_model(
                 for (cc, oo) in xc.chunks(4096 * width).zip(xo.chunks(4096 * width)) {
                     pm.add(cc, oo, cc.len() / width);
                 }
+                let extra = (opts.prefix_token_weight - 1.0).max(0.0);
+                if extra > 0.0 && !split_ids[s].is_empty() {
+                    let rows = xc.len() / width;
+                    let tokens = rows / split_ids[s].len();
+                    let (pc, n) = prefix_rows(xc, rows, width, tokens, prefix_tokens(&cfg));
+                    let (po, _) = prefix_rows(xo, rows, width, tokens, prefix_tokens(&cfg));
+                    pm.add_weighted(&pc, &po, n, extra);
+                }
                 pairs.push(pm);
             }
-            let (w, bias) = layer_weight(model, block, which)?;
+            let (w, bias) = scaled_layer_weight(model, block, which, opts)?;
             let out = compensate::compensate_layer(
                 &w,
                 bias.as_deref(),
@@ -944,7 +1064,8 @@ fn compensate_model(
             rep.compensation_kept = Some(out.accepted);
             rep.compensation_ridge = out.ridge;
             rep.adam_steps = out.adam_steps_kept;
-            let (lw, lb) = to_linear_weights(&out.result.approx, &out.result.bias);
+            let model_units = to_model_units(&out.result, output_scale(model, block, which, opts).as_deref());
+            let (lw, lb) = to_linear_weights(&model_units.approx, &model_units.bias);
             compressed.set_linear(&which.name(block), lw, Some(lb))?;
             result[k] = Some(out.result);
         }
@@ -986,4 +1107,34 @@ fn capture(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_units_undo_the_output_weighting() {
+        // A layer fitted in weighted units diag(d)·(Ŵ x + b̂) maps back to Ŵ x + b̂.
+        let (m, r, n) = (5, 2, 3);
+        let d: Vec<f64> = (0..m).map(|i| 0.01 + i as f64).collect();
+        let u = Mat::from_fn(m, r, |i, j| (i * 3 + j) as f64 * 0.1 - 0.4);
+        let v = Mat::from_fn(r, n, |i, j| (i + 2 * j) as f64 * 0.3 - 0.5);
+        let sparse = decompose::SparseTerm {
+            row_ptr: vec![0, 1, 1, 2, 2, 3],
+            col_idx: vec![2, 0, 1],
+            values: vec![0.5, -1.0, 2.0],
+        };
+        let c =
+            Candidate { approx: Approximation { u, v, sparse: Some(sparse) }, bias: vec![1.0, -2.0, 0.5, 3.0, 0.0] };
+        let back = to_model_units(&c, Some(&d));
+        let (weighted, model) = (c.approx.dense(), back.approx.dense());
+        for i in 0..m {
+            assert!((back.bias[i] * d[i] - c.bias[i]).abs() < 1e-12);
+            for j in 0..n {
+                assert!((model[(i, j)] * d[i] - weighted[(i, j)]).abs() < 1e-12);
+            }
+        }
+        assert_eq!(to_model_units(&c, None).bias, c.bias);
+    }
 }

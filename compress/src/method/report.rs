@@ -45,6 +45,12 @@ pub struct LayerReport {
     pub sensitivity: Option<f64>,
     /// Ridge fraction added to the input covariance for the decomposition.
     pub whitening_ridge: f64,
+    /// Singular values `σ_k` of the weight in the layer's input metric, descending: the
+    /// activation-weighted spectrum (`W·C^{1/2} = P Σ Qᵀ`; plain singular values of `W` with the
+    /// plain SVD method). With the exact metric, `Σ_{k>r} σ_k²` is the layer's output error at
+    /// rank `r`. Kept up to one past the largest rank cheaper than dense (the tail is never used).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spectrum: Vec<f64>,
 }
 
 impl LayerReport {
@@ -71,7 +77,18 @@ impl LayerReport {
             adam_steps: 0,
             sensitivity: None,
             whitening_ridge: 0.0,
+            spectrum: Vec::new(),
         }
+    }
+
+    /// Largest rank whose factors are cheaper than the dense weight: `r·(m+n) < m·n`.
+    pub fn max_useful_rank(&self) -> usize {
+        (self.out_features * self.in_features).saturating_sub(1) / (self.out_features + self.in_features).max(1)
+    }
+
+    /// Whether the layer was kept dense.
+    pub fn is_dense(&self) -> bool {
+        self.kind == "dense"
     }
 }
 

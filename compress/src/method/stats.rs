@@ -75,6 +75,25 @@ impl Moments {
         add_chunk_product(&mut self.gram, &mut self.scratch, x, x, rows, c, c);
     }
 
+    /// Adds `rows` rows with weight `weight` each (as if each row were added `weight` times;
+    /// `weight > 0`, fractional allowed).
+    pub fn add_weighted(&mut self, x: &[f32], rows: usize, weight: f64) {
+        let c = self.cols();
+        debug_assert_eq!(x.len(), rows * c);
+        if rows == 0 || weight <= 0.0 {
+            return;
+        }
+        self.count += weight * rows as f64;
+        let mut sums = vec![0.0f64; c];
+        add_sums(&mut sums, x, rows, c);
+        for (s, v) in self.sum.iter_mut().zip(&sums) {
+            *s += weight * v;
+        }
+        let root = weight.sqrt() as f32;
+        let scaled: Vec<f32> = x.iter().map(|v| v * root).collect();
+        add_chunk_product(&mut self.gram, &mut self.scratch, &scaled, &scaled, rows, c, c);
+    }
+
     /// Mean row `μ`.
     pub fn mean(&self) -> Vec<f64> {
         let n = self.count.max(1.0);
@@ -131,6 +150,20 @@ impl PairMoments {
         }
     }
 
+    /// Adds aligned rows of both streams with weight `weight` each (see [`Moments::add_weighted`]).
+    pub fn add_weighted(&mut self, xc: &[f32], xo: &[f32], rows: usize, weight: f64) {
+        let c = self.c.cols();
+        if rows == 0 || weight <= 0.0 {
+            return;
+        }
+        self.c.add_weighted(xc, rows, weight);
+        self.o.add_weighted(xo, rows, weight);
+        let root = weight.sqrt() as f32;
+        let sc: Vec<f32> = xc.iter().map(|v| v * root).collect();
+        let so: Vec<f32> = xo.iter().map(|v| v * root).collect();
+        add_chunk_product(&mut self.cross, &mut self.scratch, &sc, &so, rows, c, c);
+    }
+
     /// Centred cross-covariance per row, `X_cᵀX_o/N − μ_c μ_oᵀ`.
     pub fn cross_covariance(&self) -> Matrix {
         let n = self.c.count.max(1.0);
@@ -143,6 +176,33 @@ impl PairMoments {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weighted_rows_equal_repeated_rows() {
+        let mut rng = super::super::rng::SplitMix64::new(3);
+        let (rows, cols) = (12, 4);
+        let x: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32 - 0.2).collect();
+        let y: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32 + 0.1).collect();
+        let (head, tail) = (&x[..3 * cols], &y[..3 * cols]);
+        let mut weighted = PairMoments::new(cols);
+        weighted.add(&x, &y, rows);
+        weighted.add_weighted(head, tail, 3, 3.0);
+        let mut repeated = PairMoments::new(cols);
+        repeated.add(&x, &y, rows);
+        for _ in 0..3 {
+            repeated.add(head, tail, 3);
+        }
+        assert_eq!(weighted.c.count, repeated.c.count);
+        let (a, b) = (weighted.cross_covariance(), repeated.cross_covariance());
+        let (ca, cb) = (weighted.o.covariance(), repeated.o.covariance());
+        for i in 0..cols {
+            assert!((weighted.c.mean()[i] - repeated.c.mean()[i]).abs() < 1e-6);
+            for j in 0..cols {
+                assert!((a[(i, j)] - b[(i, j)]).abs() < 1e-5);
+                assert!((ca[(i, j)] - cb[(i, j)]).abs() < 1e-5);
+            }
+        }
+    }
 
     #[test]
     fn moments_match_naive_sums() {
