@@ -398,6 +398,10 @@ impl Parser<'_> {
         // The slice holds only ASCII digits, signs, '.', 'e': valid UTF-8 and valid for `f64::from_str`.
         let text = core::str::from_utf8(&self.s[start..self.i]).map_err(|_| self.err("invalid number"))?;
         let v: f64 = text.parse().map_err(|_| JsonError { offset: start, message: "invalid number" })?;
+        if !v.is_finite() {
+            // `1e999` overflows to infinity, which JSON cannot represent (nor round-trip).
+            return Err(JsonError { offset: start, message: "number out of the f64 range" });
+        }
         Ok(Value::Number(v))
     }
 }
@@ -465,6 +469,16 @@ mod tests {
         let text = v.to_json();
         assert_eq!(parse(text.as_bytes()).unwrap(), v);
         assert!(text.contains("1e-6") || text.contains("0.000001"), "{text}");
+    }
+
+    #[test]
+    fn rejects_numbers_beyond_f64() {
+        // Found by the fuzzer (`6e666` parsed as infinity and re-serialised as null).
+        for text in ["6e666", "-1e309", "[1, 2e400]"] {
+            assert!(parse(text.as_bytes()).is_err(), "{text}");
+        }
+        assert_eq!(parse(b"1e308").unwrap().as_f64(), Some(1e308));
+        assert_eq!(parse(b"1e-400").unwrap().as_f64(), Some(0.0));
     }
 
     #[test]
