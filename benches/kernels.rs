@@ -295,6 +295,49 @@ fn elementwise(c: &mut Criterion) {
     g.finish();
 }
 
+/// Load-time integrity pass: CRC-32 alone, and the CRC + finiteness scan `Model` runs at load
+/// over a DeiT-Tiny-sized set of tensors (22 MB f32, 48 matrices + vectors).
+fn integrity(c: &mut Criterion) {
+    let bytes: Vec<u8> = (0..16usize << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
+    let mut g = c.benchmark_group("integrity");
+    configure(&mut g);
+    g.throughput(Throughput::Bytes(bytes.len() as u64));
+    g.bench_function("crc32_16MiB", |bch| bch.iter(|| factorvit::checksum::crc32(&bytes)));
+    g.finish();
+    let spec = factorvit_compress::method::synthetic::random_vit_spec(
+        &factorvit_compress::method::synthetic::SyntheticVit {
+            image: 224,
+            patch: 16,
+            channels: 3,
+            dim: 192,
+            depth: 12,
+            heads: 3,
+            mlp: 768,
+            classes: 1000,
+        },
+        1,
+    )
+    .expect("synthetic spec");
+    let file = factorvit_compress::writer::to_bytes(&spec).expect("serialise");
+    let container = factorvit::safetensors::Container::parse(&file).expect("parse");
+    let mut g = c.benchmark_group("integrity");
+    configure(&mut g);
+    g.throughput(Throughput::Bytes(file.len() as u64));
+    g.bench_function("verify_deit_tiny_f32", |bch| {
+        bch.iter(|| factorvit::checksum::verify(&container, &file, factorvit::ChecksumPolicy::Require, true).unwrap())
+    });
+    g.bench_function("load_deit_tiny_f32_verified", |bch| bch.iter(|| factorvit::Model::from_bytes(&file).unwrap()));
+    let skip = factorvit::LoadOptions {
+        checksums: factorvit::ChecksumPolicy::Skip,
+        check_finite: false,
+        ..Default::default()
+    };
+    g.bench_function("load_deit_tiny_f32_unverified", |bch| {
+        bch.iter(|| factorvit::Model::from_bytes_with(&file, &skip).unwrap())
+    });
+    g.finish();
+}
+
 fn main() {
     let peak = kernels::peak::measure_fma_peak_gflops();
     println!(
@@ -307,5 +350,6 @@ fn main() {
     factored(&mut c);
     attention(&mut c);
     elementwise(&mut c);
+    integrity(&mut c);
     c.final_summary();
 }

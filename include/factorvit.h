@@ -55,6 +55,12 @@ enum FvStatus
     FV_STATUS_NO_SUCH_OUTPUT = 5,
     // A bug in factorvit (a caught panic). The handle involved should be freed.
     FV_STATUS_INTERNAL = 6,
+    // The file's bytes do not match its stored checksums (a corrupt file); `fv_last_error()`
+    // names the tensor at fault.
+    FV_STATUS_CHECKSUM_MISMATCH = 7,
+    // Loading or creating the session would exceed the configured memory limit (checked
+    // before allocating).
+    FV_STATUS_MEMORY_LIMIT = 8,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -85,6 +91,16 @@ typedef int32_t FvOutput;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// Checksum handling of `fv_model_open_memory_ex()`.
+typedef enum FvChecksums {
+    // Verify when the file carries checksums (the default).
+    FV_CHECKSUMS_VERIFY_IF_PRESENT = 0,
+    // Verify, and reject a file without checksums.
+    FV_CHECKSUMS_REQUIRE = 1,
+    // Do not read the weights at load (fast boot from trusted flash).
+    FV_CHECKSUMS_SKIP = 2,
+} FvChecksums;
+
 // A loaded model. Opaque; create with `fv_model_open()`, `fv_model_open_memory()` or
 // `fv_model_open_copy()`, free with `fv_model_free()`.
 typedef struct FvModel FvModel;
@@ -92,6 +108,20 @@ typedef struct FvModel FvModel;
 // An inference session of one model. Opaque; create with `fv_session_create()`, free with
 // `fv_session_free()`.
 typedef struct FvSession FvSession;
+
+// Options of `fv_model_open_memory_ex()`. `fv_load_options_default()` gives the defaults,
+// which are what `fv_model_open*()` use.
+typedef struct FvLoadOptions {
+    // Checksum handling: an `FvChecksums` value (a plain integer so that a bad value from C
+    // is an error, not undefined behaviour).
+    uint32_t checksums;
+    // Nonzero: reject files whose weight matrices hold NaN or infinity (default 1; costs one
+    // read of the weights, shared with the checksum pass).
+    uint8_t check_finite;
+    // Largest number of bytes the load may allocate (copies of misaligned tensors, f32
+    // vectors); 0 = unlimited (default).
+    size_t memory_limit;
+} FvLoadOptions;
 
 // Architecture and sizes of a model (filled by `fv_model_info()`).
 typedef struct FvModelInfo {
@@ -134,6 +164,9 @@ typedef struct FvSessionOptions {
     size_t image_height;
     // Input width; 0 (with `image_height` 0) = the model's trained size (default).
     size_t image_width;
+    // Largest arena the session may allocate, in bytes; 0 = the default (4 GiB on 64-bit
+    // targets, 2 GiB on 32-bit ones). Checked before allocating.
+    size_t memory_limit;
 } FvSessionOptions;
 
 // Memory figures of a session (filled by `fv_session_memory()`).
@@ -209,6 +242,20 @@ FvStatus fv_model_open(const char *path, struct FvModel **out_model);
 // sessions and are not written meanwhile; `out_model` must be NULL or valid for a pointer
 // write.
 FvStatus fv_model_open_memory(const uint8_t *data, size_t len, struct FvModel **out_model);
+
+// The default load options (what `fv_model_open*()` use): verify checksums when present,
+// reject NaN/infinity, no memory limit.
+struct FvLoadOptions fv_load_options_default(void);
+
+// `fv_model_open_memory()` with load options (NULL = the defaults): e.g. skip the checksum
+// pass on a flash-constrained boot, or cap the RAM the load may take.
+//
+// # Safety
+// As `fv_model_open_memory()`; `options` must be NULL or readable.
+FvStatus fv_model_open_memory_ex(const uint8_t *data,
+                                 size_t len,
+                                 const struct FvLoadOptions *options,
+                                 struct FvModel **out_model);
 
 // Like `fv_model_open_memory()` but copies `data[0..len]` first: the caller's buffer may be
 // freed as soon as this returns (costs `len` bytes of RAM).

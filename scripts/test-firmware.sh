@@ -64,5 +64,6 @@ set -e
 [ "$status" -eq 0 ] || fail "the firmware exited with status $status"
 grep -q '^PASS: every prediction matches the host runtime$' "$log" || fail "no PASS line in the firmware output"
 grep -q ', 0 copied to RAM$' "$log" || fail "weights were copied into RAM"
+grep -q '^integrity: Verified' "$log" || fail "the model's checksums were not verified at boot"
 
 step "passed in $(($(date +%s) - start)) s"

@@ -42,7 +42,8 @@ fn check_fixture(name: &str, model: &Model<'_>, threads: usize, backend: Backend
     let input = read_tensor(&dir.join("input.safetensors"), "pixel_values");
     let expected = read_tensors(&dir.join("expected.safetensors"));
     let [b, _, h, w] = input.shape[..] else { panic!("pixel_values must be 4-D") };
-    let mut session = model.session(SessionOptions { threads, batch: b, image_size: [h, w] }).unwrap();
+    let mut session =
+        model.session(SessionOptions { threads, batch: b, image_size: [h, w], ..Default::default() }).unwrap();
     session.set_backend(backend).unwrap();
     let mut cap = Capture::default();
     let out = session.run_observed(&input.data, &mut cap).unwrap();
@@ -115,7 +116,9 @@ fn half_precision_weights_are_converted_exactly_inside_the_kernels() {
                 let dir = fixture_dir(name);
                 let input = read_tensor(&dir.join("input.safetensors"), "pixel_values");
                 let [b, _, h, w] = input.shape[..] else { unreachable!() };
-                let mut s = model.session(SessionOptions { threads: 1, batch: b, image_size: [h, w] }).unwrap();
+                let mut s = model
+                    .session(SessionOptions { threads: 1, batch: b, image_size: [h, w], ..Default::default() })
+                    .unwrap();
                 s.run(&input.data).unwrap().last_hidden_state.to_vec()
             };
             let diff = max_abs_diff(&run(&half_bytes), &run(&f32_bytes));

@@ -35,7 +35,8 @@ fn check_fmnist_logits(model_dir: &std::path::Path, threads: usize) -> Vec<f32> 
     let data = load_dataset(&repo_root().join("data/fmnist-test.safetensors"), model.preprocess(), &opts).unwrap();
     assert_eq!(data.n, n);
     let batch = 64;
-    let mut session = model.session(SessionOptions { threads, batch, image_size: [0, 0] }).unwrap();
+    let mut session =
+        model.session(SessionOptions { threads, batch, image_size: [0, 0], ..Default::default() }).unwrap();
     let per = data.c * data.h * data.w;
     let mut got = Vec::with_capacity(n * k);
     for chunk in data.pixel_values.chunks(batch * per) {
@@ -79,7 +80,8 @@ fn dinov2_small_matches_transformers_with_interpolated_positions() {
     let input = read_tensor(&dir.join("input.safetensors"), "pixel_values");
     let expected = read_tensors(&dir.join("expected.safetensors"));
     let [b, _, h, w] = input.shape[..] else { panic!() };
-    let mut session = model.session(SessionOptions { threads: 2, batch: b, image_size: [h, w] }).unwrap();
+    let mut session =
+        model.session(SessionOptions { threads: 2, batch: b, image_size: [h, w], ..Default::default() }).unwrap();
     let out = session.run(&input.data).unwrap();
     assert!(out.logits.is_none());
     let lhs = max_abs_diff(out.last_hidden_state, &expected["last_hidden_state"].data);

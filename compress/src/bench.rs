@@ -79,7 +79,12 @@ pub fn bench_model(
     file_bytes: u64,
     opts: &BenchOptions,
 ) -> factorvit::Result<BenchReport> {
-    let mut session = model.session(SessionOptions { threads: opts.threads, batch: opts.batch, image_size: [0, 0] })?;
+    let mut session = model.session(SessionOptions {
+        threads: opts.threads,
+        batch: opts.batch,
+        image_size: [0, 0],
+        ..Default::default()
+    })?;
     let c = model.config();
     let [h, w] = session.image_size();
     let n = opts.batch * c.in_chans * h * w;

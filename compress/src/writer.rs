@@ -14,6 +14,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use factorvit::checksum;
 use factorvit::json::{self, Value};
 use factorvit::safetensors::DType;
 
@@ -93,7 +94,8 @@ pub struct TensorRef<'a> {
 /// Serialises `spec` as a factorvit file after validating it completely
 /// ([`ModelSpec::validate`]): metadata `format`, `format_version`, `config`, `preprocess`,
 /// `labels`, `layers` (derived from the tensors), `producer`, `source` (when non-empty) and the
-/// spec's extra entries (e.g. `compression`).
+/// spec's extra entries (e.g. `compression`), and `checksums` (CRC-32 of every tensor and of the
+/// other metadata, see [`factorvit::checksum`]).
 pub fn to_bytes(spec: &ModelSpec) -> Result<Vec<u8>, WriteError> {
     let layers = spec.validate()?;
     let layer_table = Value::Object(layers.iter().map(|l| (l.name.clone(), l.to_json())).collect());
@@ -116,6 +118,12 @@ pub fn to_bytes(spec: &ModelSpec) -> Result<Vec<u8>, WriteError> {
         .iter()
         .map(|(name, t)| TensorRef { name, dtype: t.dtype, shape: &t.shape, data: &t.data })
         .collect();
+    // Integrity: the CRC-32 of every tensor and of the metadata above (docs/FORMAT.md).
+    let checksums = checksum::metadata_value(
+        tensors.iter().map(|t| (t.name, t.data)),
+        metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    metadata.push((checksum::METADATA_KEY.to_string(), checksums));
     tensors.sort_by(|a, b| model_order_key(a.name).cmp(&model_order_key(b.name)));
     safetensors_bytes(&tensors, &metadata)
 }
@@ -200,11 +208,36 @@ pub fn write_model(spec: &ModelSpec, path: &Path) -> Result<usize, WriteError> {
 /// flushed to disk and renamed over `path`. On any failure the temporary file is removed and
 /// `path` is left as it was (absent or with its previous contents).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_atomic_with(path, |f| f.write_all(bytes))
+    match fault_write_delay() {
+        None => write_atomic_with(path, |f| f.write_all(bytes)),
+        Some(delay) => write_atomic_with(path, |f| write_slowly(f, bytes, delay)),
+    }
 }
 
 /// [`write_atomic`] with the content produced by `write` (which may fail; the target is then
 /// untouched and the temporary file removed).
+///
+/// Steps: the content goes to a new temporary file `.<name>.factorvit-tmp.<pid>.<n>` (hidden,
+/// in the same directory as `path`, created exclusively), which is flushed and `fsync`ed, then
+/// renamed over `path`, then the directory is `fsync`ed so the rename survives a power loss.
+/// A process killed at any point (even `kill -9`) therefore leaves `path` either with its
+/// previous complete contents or absent — never truncated.
+///
+/// Stale temporary files: a killed process cannot remove its temporary file. Such a file keeps
+/// its recognisable hidden name, which never ends in the output's extension, so it is never
+/// mistaken for the output (and image-folder listings skip hidden files). After a successful
+/// write, the temporary files of the same target left by processes that no longer exist are
+/// removed (Linux, judged by `/proc/<pid>`; elsewhere they stay until deleted by hand). In a
+/// directory shared between machines, a writer on another machine could lose its temporary
+/// file to this clean-up; its write then fails with an error, and `path` is still never left
+/// partial.
+///
+/// Testing hook: when the environment variable `FACTORVIT_FAULT_WRITE_DELAY_MS` holds a
+/// positive integer `N`, [`write_atomic`] writes its bytes in [`FAULT_WRITE_CHUNKS`] chunks and
+/// sleeps `N` ms after each, and this function sleeps another `N` ms between the `fsync` and the
+/// rename. This makes the write window wide enough for a test to kill the process while the
+/// temporary file is partially (or completely, but not yet renamed) written. Outside tests the
+/// variable is not set and the hook costs one environment lookup.
 pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let file_name = path
@@ -215,8 +248,8 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut File) -> io::Resul
         _ => PathBuf::from("."),
     };
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(format!(".tmp.{}.{n}", std::process::id()));
+    let mut tmp_name = temp_prefix(file_name);
+    tmp_name.push(format!("{}.{n}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
     // Removes the temporary file on every exit path that does not complete the rename,
@@ -226,13 +259,86 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut File) -> io::Resul
     file.flush()?;
     file.sync_all()?;
     drop(file);
+    if let Some(delay) = fault_write_delay() {
+        std::thread::sleep(delay);
+    }
     std::fs::rename(&tmp, path)?;
     guard.armed = false;
     // Persist the rename itself (best effort: not every platform can open directories).
     if let Ok(d) = File::open(&dir) {
         let _ = d.sync_all();
     }
+    remove_stale_temp_files(&dir, file_name);
     Ok(())
+}
+
+/// Environment variable of the testing hook of [`write_atomic_with`].
+pub const FAULT_WRITE_DELAY_ENV: &str = "FACTORVIT_FAULT_WRITE_DELAY_MS";
+
+/// Chunks [`write_atomic`] writes its bytes in when the testing hook is on.
+pub const FAULT_WRITE_CHUNKS: usize = 64;
+
+/// The delay of the testing hook, when it is on.
+fn fault_write_delay() -> Option<std::time::Duration> {
+    let ms: u64 = std::env::var(FAULT_WRITE_DELAY_ENV).ok()?.trim().parse().ok()?;
+    (ms > 0).then(|| std::time::Duration::from_millis(ms))
+}
+
+/// Writes `bytes` in [`FAULT_WRITE_CHUNKS`] chunks, syncing the data and sleeping `delay`
+/// after each so that other processes see the file grow (testing hook).
+fn write_slowly(file: &mut File, bytes: &[u8], delay: std::time::Duration) -> io::Result<()> {
+    for chunk in bytes.chunks(bytes.len().div_ceil(FAULT_WRITE_CHUNKS).max(1)) {
+        file.write_all(chunk)?;
+        file.flush()?;
+        std::thread::sleep(delay);
+    }
+    Ok(())
+}
+
+/// `.<name>.factorvit-tmp.`: the start of every temporary file name for target `name`.
+fn temp_prefix(file_name: &std::ffi::OsStr) -> std::ffi::OsString {
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(file_name);
+    prefix.push(".factorvit-tmp.");
+    prefix
+}
+
+/// Removes the temporary files of target `file_name` in `dir` whose writing process no longer
+/// exists (best effort; see [`write_atomic_with`]).
+fn remove_stale_temp_files(dir: &Path, file_name: &std::ffi::OsStr) {
+    let Some(prefix) = temp_prefix(file_name).to_str().map(str::to_owned) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let own = std::process::id();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix.as_str())) else {
+            continue;
+        };
+        // `<pid>.<n>`, both decimal.
+        let Some((pid, n)) = rest.split_once('.') else {
+            continue;
+        };
+        let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), n.parse::<u64>()) else {
+            continue;
+        };
+        if pid != own && process_is_gone(pid) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// `true` only when it is certain that no process `pid` exists on this machine.
+fn process_is_gone(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        let proc = Path::new("/proc");
+        proc.join("self").exists() && !proc.join(pid.to_string()).exists()
+    } else {
+        false
+    }
 }
 
 /// A temporary file deleted on drop unless disarmed.

@@ -111,7 +111,7 @@ fn flat_folder_is_unlabelled_and_bad_layouts_are_errors() {
 
     // Nothing at all.
     let dir3 = TempDir::new("folder-nothing");
-    assert!(matches!(list_image_folder(&dir3.0, None), Err(DataError::Empty { .. })));
+    assert!(matches!(list_image_folder(&dir3.0, None), Err(DataError::NoImages { skipped: 0, .. })));
 
     // A corrupt image names the file.
     let dir4 = TempDir::new("folder-corrupt");

@@ -90,6 +90,29 @@ fn fvit_files_read_back_into_the_same_spec() {
 }
 
 #[test]
+fn written_files_carry_checksums_that_the_readers_verify() {
+    let tmp = TempDir::new("checksums");
+    let s = spec(MODEL_FIXTURES[0]);
+    let path = tmp.join("m.fvit");
+    writer::write_model(&s, &path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let model = factorvit::Model::from_bytes(&bytes).unwrap();
+    let n = Container::parse(&bytes).unwrap().tensors().len();
+    assert_eq!(model.checksum_status(), factorvit::ChecksumStatus::Verified { tensors: n });
+    // One flipped bit in the last tensor: both the runtime and the compressor's reader refuse
+    // the file and name the tensor.
+    let c = Container::parse(&bytes).unwrap();
+    let last = c.tensors().iter().max_by_key(|t| t.start).unwrap();
+    let mut bad = bytes.clone();
+    bad[last.end - 1] ^= 0x01;
+    let e = factorvit::Model::from_bytes(&bad).unwrap_err();
+    assert!(matches!(&e, factorvit::Error::Checksum { tensor, .. } if *tensor == last.name), "{e:?}");
+    std::fs::write(&path, &bad).unwrap();
+    let e = read_fvit(&path).unwrap_err().to_string();
+    assert!(e.contains("checksum") && e.contains(&last.name), "{e}");
+}
+
+#[test]
 fn mixed_dtypes_stay_aligned_and_load() {
     let mut s = spec("timm-deit-distilled-micro");
     for (i, t) in s.tensors.values_mut().enumerate() {

@@ -106,7 +106,7 @@ struct Run {
 
 fn run(model: &Model<'_>, input: &Tensor, backend: Backend, threads: usize) -> Check<Run> {
     let [b, _, h, w] = input.shape[..] else { return Err("pixel_values must be 4-D".into()) };
-    let opts = SessionOptions { threads, batch: b, image_size: [h, w] };
+    let opts = SessionOptions { threads, batch: b, image_size: [h, w], ..Default::default() };
     let mut session = model.session(opts).map_err(|e| e.to_string())?;
     session.set_backend(backend).map_err(|e| e.to_string())?;
     let mut cap = Capture::default();

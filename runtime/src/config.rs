@@ -124,6 +124,10 @@ impl ModelConfig {
         if self.image_size.iter().any(|&s| s == 0 || s > 8192) {
             return bad(format!("image_size {:?} is out of range", self.image_size));
         }
+        // A session at the model's own input size needs at least one patch.
+        if self.image_size.iter().any(|&s| s < self.patch_size) {
+            return bad(format!("image_size {:?} is smaller than one patch ({})", self.image_size, self.patch_size));
+        }
         if self.pos_embed_grid.iter().any(|&g| g == 0 || g > 1024) {
             return bad(format!("pos_embed_grid {:?} is out of range", self.pos_embed_grid));
         }
@@ -417,6 +421,17 @@ mod tests {
         let mut c = tiny();
         c.class_token = false;
         assert!(c.validate().is_err());
+    }
+
+    /// Fuzzer find (ffi_open_memory): a model whose image_size is smaller than a patch loaded,
+    /// but no session at its own input size could be created.
+    #[test]
+    fn config_rejects_an_image_smaller_than_a_patch() {
+        let mut c = tiny();
+        c.image_size = [c.patch_size - 1, 32];
+        assert!(c.validate().is_err());
+        c.image_size = [c.patch_size, c.patch_size];
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -64,6 +64,26 @@ pub enum Error {
     Input(String),
     /// A tensor holds a non-finite value where one is not allowed.
     NonFinite(String),
+    /// The bytes of a tensor (or the metadata, named `__metadata__`) do not match the checksum
+    /// stored in the file: the file is corrupt.
+    Checksum {
+        /// The tensor at fault, or `__metadata__`.
+        tensor: String,
+        /// CRC-32 stored in the file.
+        expected: u32,
+        /// CRC-32 of the bytes found.
+        found: u32,
+    },
+    /// Building the model or session would allocate more than the configured memory limit
+    /// (checked before allocating).
+    MemoryLimit {
+        /// What needed the memory.
+        what: &'static str,
+        /// Bytes it needs.
+        needed: usize,
+        /// The configured limit.
+        limit: usize,
+    },
 }
 
 impl core::fmt::Display for Error {
@@ -86,6 +106,13 @@ impl core::fmt::Display for Error {
             Error::Overflow(what) => write!(f, "size overflow while computing {what}"),
             Error::Input(m) => write!(f, "bad input: {m}"),
             Error::NonFinite(t) => write!(f, "tensor `{t}` contains NaN or infinity"),
+            Error::Checksum { tensor, expected, found } => write!(
+                f,
+                "checksum mismatch in `{tensor}`: the file stores crc32 {expected:08x}, the bytes have {found:08x} (corrupt file)"
+            ),
+            Error::MemoryLimit { what, needed, limit } => {
+                write!(f, "{what} needs {needed} bytes, more than the memory limit of {limit} bytes")
+            }
         }
     }
 }

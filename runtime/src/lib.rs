@@ -14,7 +14,7 @@
 //! let model = factorvit::Model::open(path)?;
 //! let [c, h, w] = model.preprocess().input_size;
 //! // A session preallocates every buffer; runs after the first allocate nothing.
-//! let mut session = model.session(factorvit::SessionOptions { threads: 1, batch: 1, image_size: [0, 0] })?;
+//! let mut session = model.session(factorvit::SessionOptions { threads: 1, batch: 1, image_size: [0, 0], ..Default::default() })?;
 //! // `[batch, C, H, W]` pixels, already normalised with `model.preprocess()`'s mean and std.
 //! let pixels = vec![0.1f32; c * h * w];
 //! let out = session.run(&pixels)?;
@@ -48,6 +48,7 @@
 
 extern crate alloc;
 
+pub mod checksum;
 pub mod config;
 pub mod error;
 pub mod json;
@@ -59,7 +60,8 @@ pub mod safetensors;
 pub mod session;
 mod storage;
 
+pub use checksum::{ChecksumPolicy, ChecksumStatus};
 pub use config::{GlobalPool, Head, Interpolation, ModelConfig, PosInterpolation, Preprocess};
 pub use error::{Error, Result};
-pub use model::{BlockLinear, CsrMatrix, Linear, LinearInfo, LinearKind, LinearWeights, Model};
-pub use session::{MemoryReport, NoObserver, Observer, Outputs, Session, SessionOptions};
+pub use model::{BlockLinear, CsrMatrix, Linear, LinearInfo, LinearKind, LinearWeights, LoadOptions, Model};
+pub use session::{MemoryReport, NoObserver, Observer, Outputs, Session, SessionOptions, DEFAULT_SESSION_MEMORY_LIMIT};

@@ -9,6 +9,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+use crate::checksum::{self, ChecksumPolicy, ChecksumStatus};
 use crate::config::{Head, ModelConfig, Preprocess};
 use crate::error::{Error, Result};
 use crate::json::{self, Value};
@@ -276,6 +277,40 @@ fn validate_csr(
     Ok(())
 }
 
+/// How to load a model: integrity checks and a memory cap.
+///
+/// ```
+/// let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny.fvit")).unwrap();
+/// // A boot from flash that trusts its image: no pass over the weights at load.
+/// let fast = factorvit::LoadOptions {
+///     checksums: factorvit::ChecksumPolicy::Skip,
+///     check_finite: false,
+///     ..Default::default()
+/// };
+/// let model = factorvit::Model::from_bytes_with(&bytes, &fast).unwrap();
+/// assert_eq!(model.checksum_status(), factorvit::ChecksumStatus::Skipped);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Checksum verification (default: verify when the file has checksums).
+    pub checksums: ChecksumPolicy,
+    /// Reject files whose float tensors hold NaN or infinity (default `true`). Norm, bias,
+    /// token and position vectors are always checked; this flag covers the weight matrices,
+    /// which costs one read of the file (shared with the checksum pass).
+    pub check_finite: bool,
+    /// Largest number of bytes the load may allocate: copies of misaligned tensors and the
+    /// f32 vectors (norms, biases, tokens, positions). Checked before allocating; exceeding it
+    /// is [`Error::MemoryLimit`]. Default: unlimited (these allocations are bounded by the
+    /// file's size anyway; firmware sets its heap size).
+    pub memory_limit: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { checksums: ChecksumPolicy::VerifyIfPresent, check_finite: true, memory_limit: usize::MAX }
+    }
+}
+
 /// A loaded, validated model.
 pub struct Model<'a> {
     pub(crate) store: TensorStore<'a>,
@@ -294,6 +329,7 @@ pub struct Model<'a> {
     pub(crate) head_dist: Option<Linear>,
     /// Stored bytes of the vector tensors (norms, tokens, position table, LayerScale).
     pub(crate) vector_bytes: usize,
+    pub(crate) checksum_status: ChecksumStatus,
 }
 
 impl core::fmt::Debug for Model<'_> {
@@ -318,6 +354,11 @@ impl Model<'static> {
     /// assert!(factorvit::Model::open("/no/such/model.fvit").is_err());
     /// ```
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<Model<'static>> {
+        Model::open_with(path, &LoadOptions::default())
+    }
+
+    /// [`Model::open`] with explicit [`LoadOptions`].
+    pub fn open_with(path: impl AsRef<std::path::Path>, options: &LoadOptions) -> Result<Model<'static>> {
         let path = path.as_ref();
         let io = |source| Error::Io { path: path.to_owned(), source };
         let file = std::fs::File::open(path).map_err(io)?;
@@ -326,14 +367,19 @@ impl Model<'static> {
         // reader, e.g. safetensors); every offset read through it was validated against its
         // length at load.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        Model::load(Storage::Mapped(map))
+        Model::load(Storage::Mapped(map), options)
     }
 }
 
 impl Model<'static> {
     /// Validates a factorvit file held in an owned buffer.
     pub fn from_vec(bytes: Vec<u8>) -> Result<Model<'static>> {
-        Model::load(Storage::Owned(bytes))
+        Model::from_vec_with(bytes, &LoadOptions::default())
+    }
+
+    /// [`Model::from_vec`] with explicit [`LoadOptions`].
+    pub fn from_vec_with(bytes: Vec<u8>, options: &LoadOptions) -> Result<Model<'static>> {
+        Model::load(Storage::Owned(bytes), options)
     }
 }
 
@@ -348,12 +394,24 @@ impl<'a> Model<'a> {
     /// assert!(factorvit::Model::from_bytes(&bytes[..bytes.len() - 1]).is_err());
     /// ```
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Model<'a>> {
-        Model::load(Storage::Borrowed(bytes))
+        Model::from_bytes_with(bytes, &LoadOptions::default())
     }
 
-    fn load(storage: Storage<'a>) -> Result<Model<'a>> {
+    /// [`Model::from_bytes`] with explicit [`LoadOptions`].
+    pub fn from_bytes_with(bytes: &'a [u8], options: &LoadOptions) -> Result<Model<'a>> {
+        Model::load(Storage::Borrowed(bytes), options)
+    }
+
+    fn load(storage: Storage<'a>, options: &LoadOptions) -> Result<Model<'a>> {
         let container = Container::parse(storage.bytes())?;
-        let mut loader = Loader { c: &container, store: TensorStore::new(storage), used: Vec::new(), vector_bytes: 0 };
+        let mut loader = Loader {
+            c: &container,
+            store: TensorStore::new(storage),
+            used: Vec::new(),
+            vector_bytes: 0,
+            allocated: 0,
+            memory_limit: options.memory_limit,
+        };
         let meta = |key: &str| {
             container.metadata(key).ok_or_else(|| Error::Format(format!("metadata key `{key}` is missing")))
         };
@@ -391,6 +449,10 @@ impl<'a> Model<'a> {
         let layers = parse_meta("layers")?;
         let layer_table =
             layers.as_object().ok_or_else(|| Error::Format("metadata `layers` must be an object".to_string()))?;
+
+        // Integrity before anything reads a weight: one pass over the tensor bytes.
+        let checksum_status =
+            checksum::verify(&container, loader.store.storage.bytes(), options.checksums, options.check_finite)?;
 
         let c = &config;
         let d = c.embed_dim;
@@ -476,7 +538,13 @@ impl<'a> Model<'a> {
             head,
             head_dist,
             vector_bytes,
+            checksum_status,
         })
+    }
+
+    /// What the load found about the file's checksums.
+    pub fn checksum_status(&self) -> ChecksumStatus {
+        self.checksum_status
     }
 
     /// The architecture.
@@ -674,6 +742,7 @@ impl<'a> Model<'a> {
             head: self.head.clone(),
             head_dist: self.head_dist.clone(),
             vector_bytes: self.vector_bytes,
+            checksum_status: self.checksum_status,
         }
     }
 
@@ -741,6 +810,9 @@ struct Loader<'c, 'a> {
     store: TensorStore<'a>,
     used: Vec<String>,
     vector_bytes: usize,
+    /// Bytes allocated so far for owned copies and f32 vectors.
+    allocated: usize,
+    memory_limit: usize,
 }
 
 impl<'c> Loader<'c, '_> {
@@ -767,8 +839,23 @@ impl<'c> Loader<'c, '_> {
         }
     }
 
+    /// Accounts for `bytes` about to be allocated, failing before the allocation when it would
+    /// exceed the memory limit.
+    fn charge(&mut self, bytes: usize) -> Result<()> {
+        let total = self.allocated.checked_add(bytes).ok_or(Error::Overflow("load allocations"))?;
+        if total > self.memory_limit {
+            return Err(Error::MemoryLimit { what: "loading the model", needed: total, limit: self.memory_limit });
+        }
+        self.allocated = total;
+        Ok(())
+    }
+
     fn matrix(&mut self, t: &TensorInfo) -> Result<TensorPlace> {
         Self::check_float(t)?;
+        self.place_index(t)
+    }
+
+    fn place_unchecked(&mut self, t: &TensorInfo) -> Result<TensorPlace> {
         self.store
             .place_file(t.dtype, t.start, t.end)
             .ok_or_else(|| Error::Container(format!("tensor `{}` lies outside the file", t.name)))
@@ -783,6 +870,7 @@ impl<'c> Loader<'c, '_> {
     fn vector_of(&mut self, t: &TensorInfo, shape: &[usize]) -> Result<Vec<f32>> {
         Self::check_float(t)?;
         expect_shape(t, shape)?;
+        self.charge(t.numel().checked_mul(4).ok_or(Error::Overflow("vector size"))?)?;
         let place = self.matrix(t)?;
         let v: Vec<f32> = {
             let s = self.store.weights(&place);
@@ -834,6 +922,12 @@ impl<'c> Loader<'c, '_> {
                         found: u.shape.clone(),
                         expected: alloc::vec![m, 1],
                     });
+                }
+                if rank > m.min(n) {
+                    return Err(Error::Format(format!(
+                        "layer `{name}`: rank {rank} exceeds min(m, n) = {} (a {m}×{n} layer)",
+                        m.min(n)
+                    )));
                 }
                 if declared("rank") != Some(rank) {
                     return Err(Error::Format(format!(
@@ -896,9 +990,11 @@ impl<'c> Loader<'c, '_> {
         Ok(Sparse { row_ptr, col_idx, values })
     }
 
+    /// Places a tensor of the file (in place when aligned, else charged and copied).
     fn place_index(&mut self, t: &TensorInfo) -> Result<TensorPlace> {
-        self.store
-            .place_file(t.dtype, t.start, t.end)
-            .ok_or_else(|| Error::Container(format!("tensor `{}` lies outside the file", t.name)))
+        if !self.store.is_aligned(t.dtype, t.start) {
+            self.charge(t.end - t.start)?;
+        }
+        self.place_unchecked(t)
     }
 }

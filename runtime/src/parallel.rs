@@ -34,8 +34,7 @@ impl Exec {
     pub fn new(threads: usize) -> Exec {
         #[cfg(feature = "std")]
         {
-            let threads =
-                if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
+            let threads = Exec::resolve_threads(threads);
             if threads <= 1 {
                 return Exec::serial();
             }
@@ -52,6 +51,24 @@ impl Exec {
         {
             let _ = threads;
             Exec::serial()
+        }
+    }
+
+    /// The thread count [`Exec::new`] uses for a requested count (0 = one per core; always 1
+    /// without `std`). The pool may still fall back to serial if threads cannot be spawned.
+    pub fn resolve_threads(threads: usize) -> usize {
+        #[cfg(feature = "std")]
+        {
+            if threads == 0 {
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            } else {
+                threads
+            }
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            let _ = threads;
+            1
         }
     }
 

@@ -168,7 +168,32 @@ impl Container {
             }
             tensors.push(parse_entry(name, entry, data_start, data_len)?);
         }
+        // As the reference implementation: tensors tile the data region exactly, in some order,
+        // without gaps, overlaps or trailing bytes.
+        tensors.sort_by_key(|t| (t.start, t.end));
+        let mut expected = data_start;
+        for t in &tensors {
+            if t.start != expected {
+                return Err(Error::Container(format!(
+                    "tensor `{}` starts at data offset {} but the previous tensor ends at {} (tensors must be contiguous)",
+                    t.name,
+                    t.start - data_start,
+                    expected - data_start
+                )));
+            }
+            expected = t.end;
+        }
+        if expected != bytes.len() {
+            return Err(Error::Container(format!(
+                "the tensors cover {} bytes of the {}-byte data region",
+                expected - data_start,
+                data_len
+            )));
+        }
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(w) = tensors.windows(2).find(|w| w[0].name == w[1].name) {
+            return Err(Error::Container(format!("tensor `{}` appears twice in the header", w[0].name)));
+        }
         Ok(Container { tensors, metadata, data_start })
     }
 
@@ -259,6 +284,11 @@ mod tests {
             r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}}"#,
             r#"{"__metadata__":{"x":1}}"#,
             r#"[]"#,
+            // Gaps, overlaps, duplicates and uncovered bytes.
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
         ];
         for h in cases {
             assert!(Container::parse(&file(h, &[0u8; 8])).is_err(), "{h}");

@@ -51,6 +51,10 @@ impl QuerySplit {
     }
 }
 
+/// Default [`SessionOptions::memory_limit`]: 4 GiB on 64-bit targets (2 GiB on 32-bit ones).
+pub const DEFAULT_SESSION_MEMORY_LIMIT: usize =
+    if usize::BITS > 32 { usize::MAX >> (usize::BITS - 32) } else { usize::MAX / 2 };
+
 /// How to build a [`Session`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionOptions {
@@ -60,11 +64,16 @@ pub struct SessionOptions {
     pub batch: usize,
     /// Input `[H, W]`; `[0, 0]` means the model's trained size.
     pub image_size: [usize; 2],
+    /// Largest arena (activation buffers, attention scores, packing scratch, resampled
+    /// position table) the session may allocate, in bytes. Computed with checked arithmetic
+    /// before anything is allocated; exceeding it is [`Error::MemoryLimit`]. Default
+    /// [`DEFAULT_SESSION_MEMORY_LIMIT`]; firmware sets its heap size.
+    pub memory_limit: usize,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { threads: 1, batch: 1, image_size: [0, 0] }
+        SessionOptions { threads: 1, batch: 1, image_size: [0, 0], memory_limit: DEFAULT_SESSION_MEMORY_LIMIT }
     }
 }
 
@@ -168,12 +177,115 @@ impl<'a> Model<'a> {
     ///
     /// ```
     /// let model = factorvit::Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny.fvit")).unwrap();
-    /// let session = model.session(factorvit::SessionOptions { threads: 2, batch: 4, image_size: [0, 0] }).unwrap();
+    /// let session = model.session(factorvit::SessionOptions { threads: 2, batch: 4, image_size: [0, 0], ..Default::default() }).unwrap();
     /// assert_eq!(session.image_size(), [8, 8]);
     /// assert!(session.memory().arena_bytes > 0);
     /// ```
     pub fn session(&self, options: SessionOptions) -> Result<Session<'_, 'a>> {
         Session::new(self, options)
+    }
+}
+
+/// Every buffer size of a session (in f32 elements), computed with checked arithmetic before
+/// anything is allocated, and their total in bytes checked against the memory limit.
+struct ArenaPlan {
+    threads: usize,
+    backend: Backend,
+    batch: usize,
+    image: [usize; 2],
+    grid: [usize; 2],
+    tokens: usize,
+    patches: usize,
+    /// `rows × D`: residual, normalised and attention-context buffers (and `last_hidden`).
+    stream: usize,
+    qkv: usize,
+    hidden: usize,
+    low_rank: usize,
+    lin_out: usize,
+    xt: usize,
+    pooled: usize,
+    logits: usize,
+    /// Per thread.
+    scores: usize,
+    bytes: usize,
+}
+
+impl ArenaPlan {
+    fn new(model: &Model<'_>, options: &SessionOptions) -> Result<ArenaPlan> {
+        let c = &model.config;
+        let [h, w] = if options.image_size == [0, 0] { c.image_size } else { options.image_size };
+        let p = c.patch_size;
+        if h < p || w < p {
+            return Err(Error::Input(format!("input {h}×{w} is smaller than one {p}×{p} patch")));
+        }
+        if h > 8192 || w > 8192 {
+            return Err(Error::Input(format!("input {h}×{w} is larger than 8192×8192")));
+        }
+        if options.batch == 0 || options.batch > 4096 {
+            return Err(Error::Input(format!("batch {} must be in 1..=4096", options.batch)));
+        }
+        let ovf = |what| Error::Overflow(what);
+        let mul = |a: usize, b: usize| a.checked_mul(b).ok_or(ovf("session buffer sizes"));
+        let batch = options.batch;
+        let grid = [h / p, w / p];
+        let patches_per_image = mul(grid[0], grid[1])?;
+        let tokens = patches_per_image.checked_add(c.num_prefix_tokens()).ok_or(ovf("tokens"))?;
+        let rows = mul(batch, tokens)?;
+        let d = c.embed_dim;
+        let ext = extents(model.linears().chain(core::iter::once(&model.patch_embed)));
+        let threads = Exec::resolve_threads(options.threads.min(MAX_THREADS)).clamp(1, MAX_THREADS);
+        let backend = Backend::detect();
+        let mut plan = ArenaPlan {
+            threads,
+            backend,
+            batch,
+            image: [h, w],
+            grid,
+            tokens,
+            patches: mul(mul(batch, patches_per_image)?, model.patch_embed.in_features)?,
+            stream: mul(rows, d)?,
+            qkv: mul(rows, mul(3, d)?)?,
+            hidden: mul(rows, c.mlp_hidden)?,
+            low_rank: mul(rows, ext.max_rank)?,
+            lin_out: if ext.max_sparse_in > 0 { mul(rows, ext.max_out)? } else { 0 },
+            xt: mul(rows, ext.max_sparse_in)?,
+            pooled: mul(batch, d)?,
+            logits: mul(batch, c.num_classes)?,
+            scores: mul(QuerySplit::new(tokens, threads).max_rows(), tokens)?,
+            bytes: 0,
+        };
+        // The position table, and when the grid differs from the trained one, the resampling
+        // temporaries (at most two more tables of the same size).
+        let pos = mul(tokens, d)?;
+        let pos_total = if grid == c.pos_embed_grid { pos } else { mul(pos, 3)? };
+        let streams = 3 + usize::from(c.final_norm); // x, xn, ctx (+ last_hidden)
+        let dist = usize::from(c.head == Head::Distilled);
+        let floats = [
+            pos_total,
+            plan.patches,
+            mul(plan.stream, streams)?,
+            plan.qkv,
+            plan.hidden,
+            plan.low_rank,
+            plan.lin_out,
+            plan.xt,
+            plan.pooled,
+            mul(plan.logits, 1 + dist)?,
+            mul(plan.scores, threads)?,
+        ]
+        .iter()
+        .try_fold(0usize, |acc, &n| acc.checked_add(n))
+        .ok_or(ovf("session arena"))?;
+        plan.bytes =
+            mul(floats, 4)?.checked_add(mul(Scratch::bytes_for(backend), threads)?).ok_or(ovf("session arena"))?;
+        if plan.bytes > options.memory_limit {
+            return Err(Error::MemoryLimit {
+                what: "the session arena",
+                needed: plan.bytes,
+                limit: options.memory_limit,
+            });
+        }
+        Ok(plan)
     }
 }
 
@@ -198,83 +310,52 @@ fn extents<'l>(layers: impl Iterator<Item = &'l Linear>) -> LinearExtents {
     e
 }
 
-fn zeroed(len: usize, what: &'static str) -> Result<Vec<f32>> {
-    // Sizes were bounded by config validation; this guards 32-bit targets and absurd batches.
-    if len.checked_mul(4).is_none() {
-        return Err(Error::Overflow(what));
-    }
-    Ok(vec![0.0; len])
-}
-
 impl<'m, 'a> Session<'m, 'a> {
     /// See [`Model::session`].
     pub fn new(model: &'m Model<'a>, options: SessionOptions) -> Result<Session<'m, 'a>> {
+        let plan = ArenaPlan::new(model, &options)?;
         let c = &model.config;
-        let [h, w] = if options.image_size == [0, 0] { c.image_size } else { options.image_size };
-        let p = c.patch_size;
-        if h < p || w < p {
-            return Err(Error::Input(format!("input {h}×{w} is smaller than one {p}×{p} patch")));
-        }
-        if h > 8192 || w > 8192 {
-            return Err(Error::Input(format!("input {h}×{w} is larger than 8192×8192")));
-        }
-        if options.batch == 0 || options.batch > 4096 {
-            return Err(Error::Input(format!("batch {} must be in 1..=4096", options.batch)));
-        }
-        let batch = options.batch;
-        let grid = [h / p, w / p];
-        let tokens = c.num_prefix_tokens() + grid[0] * grid[1];
-        let rows = batch.checked_mul(tokens).ok_or(Error::Overflow("session rows"))?;
-        let d = c.embed_dim;
-        let mul = |a: usize, b: usize, what| a.checked_mul(b).ok_or(Error::Overflow(what));
-
-        let pos = session_positions(model, grid);
-        let all_linears = model.linears().chain(core::iter::once(&model.patch_embed));
-        let ext = extents(all_linears);
-        let exec = Exec::new(options.threads.min(MAX_THREADS));
-        let backend = Backend::detect();
+        let pos = session_positions(model, plan.grid);
+        let exec = Exec::new(plan.threads);
+        let backend = plan.backend;
         let threads = exec.threads();
         let scratch = (0..threads).map(|_| Scratch::new(backend)).collect();
-        let split_rows = QuerySplit::new(tokens, threads).max_rows();
-        let scores = (0..threads).map(|_| vec![0.0f32; split_rows * tokens]).collect();
-        let num_classes = c.num_classes;
+        let scores = (0..threads).map(|_| vec![0.0f32; plan.scores]).collect();
+        let buf = |len: usize| vec![0.0f32; len];
         Ok(Session {
             model,
             backend,
-            max_batch: batch,
-            batch,
-            image: [h, w],
-            grid,
-            tokens,
+            max_batch: plan.batch,
+            batch: plan.batch,
+            image: plan.image,
+            grid: plan.grid,
+            tokens: plan.tokens,
             pos,
-            patches: zeroed(
-                mul(batch * grid[0] * grid[1], model.patch_embed.in_features, "patch buffer")?,
-                "patch buffer",
-            )?,
-            x: zeroed(mul(rows, d, "residual buffer")?, "residual buffer")?,
-            xn: zeroed(rows * d, "norm buffer")?,
-            qkv: zeroed(mul(rows, 3 * d, "qkv buffer")?, "qkv buffer")?,
-            ctx: zeroed(rows * d, "attention buffer")?,
-            hidden: zeroed(mul(rows, c.mlp_hidden, "mlp buffer")?, "mlp buffer")?,
-            low_rank: zeroed(mul(rows, ext.max_rank, "low-rank buffer")?, "low-rank buffer")?,
-            lin_out: if ext.max_sparse_in > 0 {
-                zeroed(mul(rows, ext.max_out, "sparse buffer")?, "sparse buffer")?
-            } else {
-                Vec::new()
-            },
-            xt: zeroed(mul(rows, ext.max_sparse_in, "sparse buffer")?, "sparse buffer")?,
-            last_hidden: if c.final_norm { zeroed(rows * d, "output buffer")? } else { Vec::new() },
-            pooled: zeroed(batch * d, "output buffer")?,
-            logits: zeroed(batch * num_classes, "output buffer")?,
-            logits_dist: if c.head == Head::Distilled {
-                zeroed(batch * num_classes, "output buffer")?
-            } else {
-                Vec::new()
-            },
+            patches: buf(plan.patches),
+            x: buf(plan.stream),
+            xn: buf(plan.stream),
+            qkv: buf(plan.qkv),
+            ctx: buf(plan.stream),
+            hidden: buf(plan.hidden),
+            low_rank: buf(plan.low_rank),
+            lin_out: buf(plan.lin_out),
+            xt: buf(plan.xt),
+            last_hidden: buf(if c.final_norm { plan.stream } else { 0 }),
+            pooled: buf(plan.pooled),
+            logits: buf(plan.logits),
+            logits_dist: buf(if c.head == Head::Distilled { plan.logits } else { 0 }),
             scratch,
             scores,
             exec,
         })
+    }
+
+    /// Bytes of the arena a session with `options` would allocate (what
+    /// [`MemoryReport::arena_bytes`] reports once it exists, plus the temporary used to
+    /// resample the position table), without allocating it: firmware can size its heap.
+    pub fn required_memory(model: &Model<'_>, options: &SessionOptions) -> Result<usize> {
+        let options = SessionOptions { memory_limit: usize::MAX, ..options.clone() };
+        Ok(ArenaPlan::new(model, &options)?.bytes)
     }
 
     /// Threads this session uses.
@@ -366,7 +447,7 @@ impl<'m, 'a> Session<'m, 'a> {
     ///
     /// ```
     /// let model = factorvit::Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny.fvit")).unwrap();
-    /// let mut session = model.session(factorvit::SessionOptions { threads: 1, batch: 2, image_size: [0, 0] }).unwrap();
+    /// let mut session = model.session(factorvit::SessionOptions { threads: 1, batch: 2, image_size: [0, 0], ..Default::default() }).unwrap();
     /// let image = vec![0.25f32; 3 * 8 * 8];
     /// let two: Vec<f32> = image.iter().chain(&image).copied().collect();
     /// let out = session.run(&two).unwrap();

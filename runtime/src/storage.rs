@@ -104,6 +104,11 @@ impl<'a> TensorStore<'a> {
         TensorStore { storage, owned: Vec::new() }
     }
 
+    /// Whether a tensor of `dtype` starting at file offset `start` can be read in place.
+    pub(crate) fn is_aligned(&self, dtype: DType, start: usize) -> bool {
+        (self.storage.bytes().as_ptr() as usize).wrapping_add(start) % dtype.size() == 0
+    }
+
     /// Registers the file range `start..end` of `dtype`: in place when aligned, else copied.
     /// The caller has validated the range against the file.
     pub(crate) fn place_file(&mut self, dtype: DType, start: usize, end: usize) -> Option<TensorPlace> {

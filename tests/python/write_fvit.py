@@ -43,6 +43,18 @@ config = dict(architecture="example", image_size=[grid[0] * P, grid[1] * P], pat
               fc_norm=False, head="linear", num_classes=K)
 pre = dict(input_size=[C, grid[0] * P, grid[1] * P], mean=[0.5] * 3, std=[0.5] * 3, interpolation="bicubic",
            crop_pct=1.0, crop_mode="center")
-save_file(t, sys.argv[1], metadata={"format": "factorvit", "format_version": "1",
-          "config": json.dumps(config), "preprocess": json.dumps(pre),
-          "labels": json.dumps([f"class {i}" for i in range(K)]), "layers": json.dumps(layers)})
+meta = {"format": "factorvit", "format_version": "1", "config": json.dumps(config),
+        "preprocess": json.dumps(pre), "labels": json.dumps([f"class {i}" for i in range(K)]),
+        "layers": json.dumps(layers)}
+# Optional integrity entry: CRC-32 (zlib) of every tensor's bytes and of the other metadata.
+import zlib, struct
+def meta_crc(meta):
+    c = 0
+    for k in sorted(meta):   # code-point order = UTF-8 byte order
+        kb, vb = k.encode(), meta[k].encode()
+        c = zlib.crc32(struct.pack("<Q", len(kb)) + kb + struct.pack("<Q", len(vb)) + vb, c)
+    return c
+meta["checksums"] = json.dumps({"algorithm": "crc32", "metadata": f"{meta_crc(meta):08x}",
+    "tensors": {n: f"{zlib.crc32(np.ascontiguousarray(a).astype(a.dtype.newbyteorder('<')).tobytes()):08x}"
+                for n, a in t.items()}})
+save_file(t, sys.argv[1], metadata=meta)

@@ -35,6 +35,15 @@ pub struct SafetensorsFile {
 /// Reads a whole safetensors file (memory-mapped, every range checked by the runtime's
 /// [`Container::parse`]) into owned tensors.
 pub fn read_safetensors(path: &Path) -> Result<SafetensorsFile, CheckpointError> {
+    read_safetensors_checked(path, |_| Ok(()))
+}
+
+/// [`read_safetensors`] that first runs `check` on the whole file's bytes (e.g. checksum
+/// verification) while they are mapped.
+pub(crate) fn read_safetensors_checked(
+    path: &Path,
+    check: impl FnOnce(&[u8]) -> Result<(), CheckpointError>,
+) -> Result<SafetensorsFile, CheckpointError> {
     let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
@@ -50,6 +59,7 @@ pub fn read_safetensors(path: &Path) -> Result<SafetensorsFile, CheckpointError>
     // concurrent truncation of the file by another process is outside this function's contract
     // (as for every mmap-based safetensors reader).
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    check(&map)?;
     parse_safetensors(&map, path)
 }
 

@@ -32,6 +32,7 @@ mod spec;
 mod tensor;
 pub mod timm;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use factorvit::json;
@@ -236,16 +237,62 @@ pub fn load_checkpoint(dir: &Path) -> Result<ModelSpec, CheckpointError> {
         });
     }
     let config = files::read_json(&config_path)?;
-    let layout = detect_layout(&config).ok_or_else(|| CheckpointError::Config {
-        file: config_path.clone(),
+    let layout = config_layout(&config_path, &config)?;
+    let weights = files::read_weights(dir)?;
+    import_parsed(layout, dir, &config_path, &config, weights)
+}
+
+/// The directory name [`import_from_memory`] gives its inputs in errors and in the spec's
+/// `source`: the config is `<memory>/config.json`, the weights `<memory>/model.safetensors`.
+pub const MEMORY_DIR: &str = "<memory>";
+
+/// Imports a checkpoint held in memory: the bytes of its `config.json` and of its (single)
+/// `model.safetensors`. Does what [`load_checkpoint`] does for a directory holding these two
+/// files, and names them [`MEMORY_DIR`]`/config.json` and [`MEMORY_DIR`]`/model.safetensors` in
+/// errors.
+///
+/// Other files of a checkpoint directory are not available: transformers checkpoints get the
+/// default preprocessing (as a directory without `preprocessor_config.json` does). Note that the
+/// transformers importer still looks for `<memory>/preprocessor_config.json` relative to the
+/// working directory, so keep no directory of that name there.
+pub fn import_from_memory(config_json: &[u8], weights: &[u8]) -> Result<ModelSpec, CheckpointError> {
+    let dir = Path::new(MEMORY_DIR);
+    let config_path = dir.join(CONFIG_FILE);
+    let config: serde_json::Value = serde_json::from_slice(config_json)
+        .map_err(|source| CheckpointError::Json { file: config_path.clone(), source })?;
+    let layout = config_layout(&config_path, &config)?;
+    let weights_path = dir.join(WEIGHTS_FILE);
+    let file = parse_safetensors(weights, &weights_path)?;
+    let weights = file
+        .tensors
+        .into_iter()
+        .map(|(name, tensor)| (name, files::SourceTensor { tensor, file: weights_path.clone() }))
+        .collect();
+    import_parsed(layout, dir, &config_path, &config, weights)
+}
+
+/// The layout of a parsed `config.json` (at `config_path`), or why it has none.
+fn config_layout(config_path: &Path, config: &serde_json::Value) -> Result<Layout, CheckpointError> {
+    detect_layout(config).ok_or_else(|| CheckpointError::Config {
+        file: config_path.to_path_buf(),
         key: "architecture".to_string(),
         reason: "is missing: neither a timm (`architecture`) nor a transformers (`model_type`, `architectures`) config"
             .to_string(),
-    })?;
-    let weights = files::read_weights(dir)?;
+    })
+}
+
+/// Imports parsed checkpoint contents: the configuration and the weights by source name
+/// (shared by [`load_checkpoint`] and [`import_from_memory`]).
+fn import_parsed(
+    layout: Layout,
+    dir: &Path,
+    config_path: &Path,
+    config: &serde_json::Value,
+    weights: BTreeMap<String, files::SourceTensor>,
+) -> Result<ModelSpec, CheckpointError> {
     match layout {
-        Layout::Timm => timm::import(dir, &config_path, &config, weights),
-        Layout::Transformers => hf::import(dir, &config_path, &config, weights),
+        Layout::Timm => timm::import(dir, config_path, config, weights),
+        Layout::Transformers => hf::import(dir, config_path, config, weights),
     }
 }
 
@@ -261,8 +308,17 @@ pub fn load_any(path: &Path) -> Result<ModelSpec, CheckpointError> {
 /// Reads a factorvit file back into a spec (e.g. to re-convert or recompress it). The runtime
 /// remains the authority on running files; this reader checks the same metadata and, via
 /// [`ModelSpec::validate`], the same tensor rules.
+///
+/// The file's checksums, when it has them, are verified first (a corrupt file is
+/// [`CheckpointError::Container`] with [`factorvit::Error::Checksum`] naming the tensor).
 pub fn read_fvit(path: &Path) -> Result<ModelSpec, CheckpointError> {
-    let file = read_safetensors(path)?;
+    let file = files::read_safetensors_checked(path, |bytes| {
+        let container_error = |source| CheckpointError::Container { file: path.to_path_buf(), source };
+        let container = factorvit::safetensors::Container::parse(bytes).map_err(container_error)?;
+        factorvit::checksum::verify(&container, bytes, factorvit::ChecksumPolicy::VerifyIfPresent, false)
+            .map_err(container_error)?;
+        Ok(())
+    })?;
     ModelSpec::from_safetensors(file, path)
 }
 
@@ -320,5 +376,52 @@ impl ModelSpec {
             }
         }
         Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    #[test]
+    fn import_from_memory_gives_the_spec_load_checkpoint_gives() {
+        let fixtures = [
+            "timm-vit-micro",
+            "timm-deit-distilled-micro",
+            "timm-vit-avgpool-layerscale-micro",
+            "hf-vit-micro",
+            "hf-deit-distilled-micro",
+            "hf-dinov2-micro",
+        ];
+        let mut dirs: Vec<PathBuf> = fixtures.iter().map(|n| repo().join("tests").join("fixtures").join(n)).collect();
+        dirs.push(repo().join("models").join("fmnist-deit-tiny"));
+        for dir in dirs {
+            let from_dir = load_checkpoint(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            let config = std::fs::read(dir.join(CONFIG_FILE)).unwrap();
+            let weights = std::fs::read(dir.join(WEIGHTS_FILE)).unwrap();
+            let mut from_memory =
+                import_from_memory(&config, &weights).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            // Only the directory name in `source` differs.
+            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+            assert_eq!(from_memory.source, from_dir.source.replace(&format!("({name})"), &format!("({MEMORY_DIR})")));
+            from_memory.source.clone_from(&from_dir.source);
+            assert!(from_memory == from_dir, "{}: the specs differ", dir.display());
+        }
+    }
+
+    #[test]
+    fn import_from_memory_names_the_virtual_files_in_errors() {
+        let e = import_from_memory(b"{", b"").unwrap_err();
+        assert!(matches!(e, CheckpointError::Json { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("<memory>/config.json: "), "{e}");
+        let e = import_from_memory(b"{}", b"").unwrap_err();
+        assert!(matches!(e, CheckpointError::Config { ref key, .. } if key == "architecture"), "{e:?}");
+        let e = import_from_memory(br#"{"architecture": "vit_tiny_patch16_224"}"#, b"garbage").unwrap_err();
+        assert!(matches!(e, CheckpointError::Container { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("<memory>/model.safetensors: "), "{e}");
     }
 }

@@ -32,8 +32,8 @@ pub struct ModelSpec {
 }
 
 /// Metadata keys the writer fills itself.
-pub const RESERVED_METADATA_KEYS: [&str; 8] =
-    ["format", "format_version", "config", "preprocess", "labels", "layers", "producer", "source"];
+pub const RESERVED_METADATA_KEYS: [&str; 9] =
+    ["format", "format_version", "config", "preprocess", "labels", "layers", "producer", "source", "checksums"];
 
 /// Why a [`ModelSpec`] (or a tensor) does not satisfy the file format.
 #[derive(Debug, Clone, PartialEq)]
@@ -271,7 +271,7 @@ pub fn model_order_key(name: &str) -> (u8, usize, u8, &str) {
 impl ModelSpec {
     /// Checks the whole spec against the file format (configuration, preprocessing, labels,
     /// every tensor's presence, dtype, shape and byte length, linear representations, CSR
-    /// invariants, finite vector tensors, extra metadata) and returns the layer table.
+    /// invariants, finite float tensors, extra metadata) and returns the layer table.
     pub fn validate(&self) -> Result<Vec<LayerEntry>, SpecError> {
         let c = &self.config;
         // Round-trip through the runtime's own parsers: whatever they reject, we reject.
@@ -300,6 +300,11 @@ impl ModelSpec {
         }
         for (name, t) in &self.tensors {
             t.check_len(name)?;
+            // The runtime rejects NaN and infinity in every float tensor at load
+            // (`LoadOptions::check_finite`, on by default): weights included.
+            if t.is_float() {
+                expect_finite(name, t)?;
+            }
         }
 
         let mut used: Vec<&str> = Vec::with_capacity(self.tensors.len());
@@ -307,9 +312,6 @@ impl ModelSpec {
             let t = self.tensors.get(&name).ok_or_else(|| SpecError::MissingTensor(name.clone()))?;
             expect_float(&name, t)?;
             expect_shape(&name, t, &shape)?;
-            if name != "patch_embed.weight" {
-                expect_finite(&name, t)?;
-            }
             used.push(self.tensors.get_key_value(&name).map(|(k, _)| k.as_str()).unwrap_or_default());
         }
         let mut layers = Vec::new();
@@ -348,7 +350,9 @@ impl ModelSpec {
                 expect_float(un, ut)?;
                 expect_float(vn, vt)?;
                 let rank = match ut.shape.as_slice() {
-                    [rows, r] if *rows == m && *r >= 1 => *r,
+                    // A rank above min(m, n) cannot represent anything a dense layer cannot, at
+                    // more cost: such a file is corrupt or hostile (the runtime rejects it too).
+                    [rows, r] if *rows == m && *r >= 1 && *r <= m.min(n) => *r,
                     _ => {
                         return Err(SpecError::Shape {
                             tensor: un.to_string(),
@@ -383,7 +387,6 @@ impl ModelSpec {
             Some((bn, b)) => {
                 expect_float(bn, b)?;
                 expect_shape(bn, b, &[m])?;
-                expect_finite(bn, b)?;
                 names.push(bn);
                 true
             }
@@ -520,4 +523,32 @@ fn check_csr(
         return Err(bad(format!("column index {} at position {q} is out of range (n = {n})", cols[q])));
     }
     Ok(nnz)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::method::synthetic::{random_vit_spec, SyntheticVit};
+
+    /// Fuzzer find (read_fvit, import_checkpoint): a NaN in a weight matrix passed validation,
+    /// so the compressor wrote files the runtime refuses to load.
+    #[test]
+    fn non_finite_values_are_rejected_in_every_float_tensor() {
+        let spec = random_vit_spec(&SyntheticVit::micro(), 1).unwrap();
+        spec.validate().unwrap();
+        for name in ["patch_embed.weight", "blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.bias", "head.weight"] {
+            for bad in [f32::NAN, f32::INFINITY] {
+                let mut s = spec.clone();
+                let t = &s.tensors[name];
+                let mut values = t.to_f32().unwrap();
+                values[1] = bad;
+                let t = StoredTensor::from_f32(t.shape.clone(), &values).unwrap();
+                s.tensors.insert(name.to_string(), t);
+                match s.validate() {
+                    Err(SpecError::Data { tensor, .. }) => assert_eq!(tensor, name),
+                    other => panic!("{name} with {bad}: {other:?}"),
+                }
+            }
+        }
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use factorvit_compress::bench::{bench_model, BenchOptions, BenchReport};
 
 use super::model::{human_bytes, open_model, thousands};
+use super::values::{self, Bound};
 use super::{CliError, Context, Global};
 
 pub const AFTER_HELP: &str = "\
@@ -34,20 +35,22 @@ pub struct Args {
     /// A second model to measure side by side (ratios are OTHER / MODEL)
     #[arg(long, value_name = "OTHER")]
     compare: Option<PathBuf>,
-    /// Thread counts to measure, comma separated [default: 1 and all cores]
-    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    /// Thread counts to measure, comma separated, each 0..=64 (0 = all cores) [default: 1 and
+    /// all cores]
+    #[arg(long, value_delimiter = ',', value_name = "N,...", value_parser = values::threads())]
     threads: Vec<usize>,
-    /// Images per run
-    #[arg(long, default_value_t = 1)]
+    /// Images per run, 1..=4096
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = values::batch())]
     batch: usize,
-    /// Minimum timed runs
-    #[arg(long, default_value_t = 20)]
+    /// Minimum timed runs, 1..=1000000
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = values::count_in(1, 1_000_000))]
     runs: usize,
-    /// Minimum measuring time per configuration, in seconds
-    #[arg(long, default_value_t = 3.0)]
+    /// Minimum measuring time per configuration, in seconds, in [0, 3600]
+    #[arg(long, default_value_t = 3.0, value_name = "SECONDS", value_parser = values::float_in(Bound::Closed(0.0), Bound::Closed(3600.0)))]
     min_time: f64,
-    /// DRAM bandwidth (GB/s) used for the weight-streaming floor [Raspberry Pi 4: about 3]
-    #[arg(long, default_value_t = 3.0)]
+    /// DRAM bandwidth (GB/s) used for the weight-streaming floor, in (0, 1000000] [Raspberry Pi 4:
+    /// about 3]
+    #[arg(long, default_value_t = 3.0, value_name = "GB/S", value_parser = values::float_in(Bound::Open(0.0), Bound::Closed(1e6)))]
     dram_gbps: f64,
     /// Also measure the core's FMA peak (a 1-second loop) and report the fraction reached
     #[arg(long)]
@@ -61,15 +64,6 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
-    if args.batch == 0
-        || args.runs == 0
-        || !args.min_time.is_finite()
-        || args.min_time < 0.0
-        || !args.dram_gbps.is_finite()
-        || args.dram_gbps <= 0.0
-    {
-        return Err(CliError::msg("--batch and --runs must be positive, --min-time >= 0, --dram-gbps > 0"));
-    }
     let opts = |threads| BenchOptions {
         threads,
         batch: args.batch,

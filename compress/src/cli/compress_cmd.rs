@@ -16,6 +16,7 @@ use factorvit_compress::report_html::{self, ReportFormat, ReportInfo};
 use factorvit_compress::writer;
 
 use super::model::{human_bytes, load_spec, thousands, DtypeArg};
+use super::values::{self, Bound};
 use super::{CliError, Context, Global};
 
 pub const AFTER_HELP: &str = "\
@@ -32,7 +33,11 @@ The per-layer report is printed and written to OUTPUT.report.json. --report FILE
 it as one offline HTML page (rank per layer across depth, each layer's activation-weighted
 singular values with the chosen rank, parameters and error per layer before/after compensation);
 --report FILE.svg writes the same figures as FILE-ranks.svg, FILE-spectra.svg, FILE-params.svg
-and FILE-errors.svg next to it.";
+and FILE-errors.svg next to it.
+
+Memory: the calibration samples are held as f32, images x max(1, --crops-per-image) x C x H x W
+x 4 bytes; above 16 GiB the command stops before allocating them (lower --calib-count,
+--crops-per-image or --image-size).";
 
 /// Factorisation method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -80,13 +85,15 @@ pub struct Args {
     /// Total parameters of another checkpoint (directory or .fvit)
     #[arg(long, value_name = "DIR")]
     pub match_model: Option<PathBuf>,
-    /// Calibration images (a seeded random subset of the source)
-    #[arg(long, default_value_t = 256)]
+    /// Calibration images (a seeded random subset of the source); at least 2
+    #[arg(long, default_value_t = 256, value_name = "N", value_parser = values::count_at_least(2))]
     pub calib_count: usize,
-    /// Random crops per calibration image (for a few photos); 0 = one eval-transformed image each
-    #[arg(long, default_value_t = 0)]
+    /// Random crops per calibration image (for a few photos), 0..=256; 0 = one eval-transformed
+    /// image each
+    #[arg(long, default_value_t = 0, value_name = "K", value_parser = values::count_in(0, MAX_CROPS_PER_IMAGE))]
     pub crops_per_image: usize,
-    /// Input size (square) for calibration and in the output's preprocessing [default: the model's]
+    /// Input size (square) for calibration and in the output's preprocessing, a multiple of the
+    /// patch size up to 8192 [default: the model's]
     #[arg(long, value_name = "N")]
     pub image_size: Option<usize>,
     /// Split of an idx calibration folder
@@ -95,8 +102,9 @@ pub struct Args {
     /// Storage dtype of every float tensor [default: the dtype of the source's block weights]
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
-    /// Fraction of an eligible layer's low-rank parameters traded for sparse entries (0 = off)
-    #[arg(long, default_value_t = 0.0)]
+    /// Fraction of an eligible layer's low-rank parameters traded for sparse entries, in [0, 1)
+    /// (0 = off)
+    #[arg(long, default_value_t = 0.0, value_name = "F", value_parser = values::fraction_below_one())]
     pub sparse: f64,
     /// Layers eligible for the sparse term
     #[arg(long, value_enum, default_value_t = SparseLayersArg::Fc2)]
@@ -114,8 +122,8 @@ pub struct Args {
     #[arg(long)]
     pub no_layer_scale: bool,
     /// Weight of the class (and distillation) token in the activation statistics, relative to
-    /// one patch token
-    #[arg(long, default_value_t = 1.0)]
+    /// one patch token, in [1, 1000000]
+    #[arg(long, default_value_t = 1.0, value_name = "W", value_parser = values::float_in(Bound::Closed(1.0), Bound::Closed(MAX_PREFIX_TOKEN_WEIGHT)))]
     pub prefix_token_weight: f64,
     /// Factorisation method
     #[arg(long, value_enum, default_value_t = MethodArg::Whitened)]
@@ -126,31 +134,38 @@ pub struct Args {
     /// Greedy allocation on normalised errors without measured sensitivities
     #[arg(long)]
     pub no_sensitivity: bool,
-    /// Calibration images used to measure layer sensitivities
-    #[arg(long, default_value_t = 32)]
+    /// Calibration images used to measure layer sensitivities (at least 1; --no-sensitivity skips
+    /// the measurement)
+    #[arg(long, default_value_t = 32, value_name = "N", value_parser = values::count_at_least(1))]
     pub sensitivity_images: usize,
-    /// Fraction of calibration images held out for validation
-    #[arg(long, default_value_t = 0.2)]
+    /// Fraction of calibration images held out for validation, in [0, 1)
+    #[arg(long, default_value_t = 0.2, value_name = "F", value_parser = values::fraction_below_one())]
     pub val_fraction: f64,
     /// Allocate ranks on validation-split errors (more robust with few calibration photos)
     #[arg(long)]
     pub allocate_on_validation: bool,
-    /// Ridge grid of the compensation (fractions of the mean input eigenvalue)
-    #[arg(long, value_delimiter = ',', default_values_t = vec![1e-4, 1e-3, 1e-2, 1e-1])]
+    /// Ridge grid of the compensation (fractions of the mean input eigenvalue; finite, >= 0)
+    #[arg(long, value_delimiter = ',', value_name = "R,...", default_values_t = vec![1e-4, 1e-3, 1e-2, 1e-1], value_parser = values::non_negative())]
     pub ridge: Vec<f64>,
-    /// Ridge grid of the decomposition's input metric (chosen on validation)
-    #[arg(long, value_delimiter = ',', default_values_t = vec![0.0])]
+    /// Ridge grid of the decomposition's input metric (chosen on validation; finite, >= 0)
+    #[arg(long, value_delimiter = ',', value_name = "R,...", default_values_t = vec![0.0], value_parser = values::non_negative())]
     pub whitening_ridge: Vec<f64>,
     /// Adam steps after the closed-form compensation (early stopped on validation)
     #[arg(long, default_value_t = 0)]
     pub adam_steps: usize,
-    /// Images per batch
-    #[arg(long, default_value_t = 16)]
+    /// Images per batch, 1..=4096
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = values::batch())]
     pub batch: usize,
-    /// Worker threads (0 = all cores)
-    #[arg(long, default_value_t = 0)]
+    /// Worker threads, 0..=64 (0 = all cores)
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = values::threads())]
     pub threads: usize,
 }
+
+/// Largest `--crops-per-image`.
+pub const MAX_CROPS_PER_IMAGE: usize = 256;
+
+/// Largest `--prefix-token-weight`.
+const MAX_PREFIX_TOKEN_WEIGHT: f64 = 1e6;
 
 /// `--report`: a path ending in .html, .htm or .svg.
 fn parse_report_path(s: &str) -> Result<PathBuf, String> {
@@ -288,7 +303,7 @@ pub fn pipeline_options(args: &Args, budget: usize, dtype: DType, global: &Globa
         allocate_on_validation: args.allocate_on_validation,
         sensitivity_images: args.sensitivity_images,
         group_size: args.crops_per_image.max(1),
-        batch: args.batch.max(1),
+        batch: args.batch,
         threads: args.threads,
         seed: args.seed,
         progress: !global.quiet,
@@ -349,8 +364,12 @@ pub fn compress(args: &Args, global: &Global) -> Result<Outcome, CliError> {
     configure_threads(args.threads);
     let mut spec = load_spec(&args.model, global)?;
     if let Some(size) = args.image_size {
-        if size < spec.config.patch_size || size > 8192 {
-            return Err(CliError::msg(format!("--image-size {size} is out of range")));
+        let patch = spec.config.patch_size;
+        if size < patch || size > 8192 || size.checked_rem(patch) != Some(0) {
+            return Err(CliError::msg(format!(
+                "--image-size {size} is out of range: must be a multiple of the model's patch size {patch}, \
+                 from {patch} to 8192"
+            )));
         }
         spec.preprocess.input_size = [spec.preprocess.input_size[0], size, size];
     }
@@ -365,7 +384,7 @@ pub fn compress(args: &Args, global: &Global) -> Result<Outcome, CliError> {
         &model,
         LoadOptions {
             split: args.calib_split.split(),
-            limit: Some(args.calib_count.max(1)),
+            limit: Some(args.calib_count),
             random_subset: true,
             seed: args.seed,
             crops_per_image: args.crops_per_image,
@@ -373,7 +392,11 @@ pub fn compress(args: &Args, global: &Global) -> Result<Outcome, CliError> {
         },
     )?;
     if calib.n < 2 {
-        return Err(CliError::msg(format!("{} calibration images: at least 2 are needed", calib.n)));
+        return Err(CliError::msg(format!(
+            "{} holds {} calibration image(s): at least 2 are needed",
+            args.calib.display(),
+            calib.n
+        )));
     }
     let opts = pipeline_options(args, budget, dtype, global);
     let (source_params, source_weight_bytes) = (model.params(), model.weight_bytes());

@@ -15,6 +15,7 @@ use factorvit_compress::writer;
 use super::compress_cmd::{self, configure_threads};
 use super::eval_cmd;
 use super::model::{human_bytes, load_spec, open_model, thousands};
+use super::values::{self, Bound};
 use super::{CliError, Context, Global};
 
 pub const AFTER_HELP: &str = "\
@@ -50,14 +51,14 @@ pub struct Args {
     /// Budgets: fractions of the block-linear parameters kept
     #[arg(long, value_delimiter = ',', default_values_t = vec![0.4, 0.2, 0.1])]
     pub keep: Vec<f64>,
-    /// Calibration images used per compression
-    #[arg(long, default_value_t = 256)]
+    /// Calibration images used per compression; at least 2
+    #[arg(long, default_value_t = 256, value_name = "N", value_parser = values::count_at_least(2))]
     pub calib_count: usize,
     /// Output directory [default: target/demo under the repository]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Minimum time spent timing each model at each thread count (seconds)
-    #[arg(long, default_value_t = 2.0)]
+    /// Minimum time spent timing each model at each thread count (seconds, in [0, 3600])
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS", value_parser = values::float_in(Bound::Closed(0.0), Bound::Closed(3600.0)))]
     pub bench_time: f64,
     /// Skip the latency measurements
     #[arg(long)]
@@ -105,9 +106,6 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
     let started = Instant::now();
     if args.keep.is_empty() || args.keep.iter().any(|k| !(k.is_finite() && *k > 0.0 && *k <= 1.0)) {
         return Err(CliError::msg("--keep takes fractions in (0, 1], e.g. --keep 0.4,0.2"));
-    }
-    if !args.bench_time.is_finite() || args.bench_time < 0.0 {
-        return Err(CliError::msg("--bench-time must be a number of seconds >= 0"));
     }
     let root = repository_root();
     let model_path = match &args.model {
@@ -184,7 +182,12 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
             "--report".into(),
             out.join(format!("keep-{keep}.report.html")).display().to_string(),
         ];
-        let parsed = CompressArgs::try_parse_from(&argv).map_err(|e| CliError::msg(e.to_string()))?;
+        let parsed = CompressArgs::try_parse_from(&argv).map_err(|e| {
+            // clap's message without its `error: ` prefix and usage hint.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
+            CliError::msg(format!("invalid compress arguments: {first}"))
+        })?;
         let outcome = compress_cmd::compress(&parsed.args, global)?;
         rows.push(Row {
             label: format!("keep {keep}"),

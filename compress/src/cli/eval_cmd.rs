@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::compress_cmd::{configure_threads, SplitArg};
 use super::model::open_model;
+use super::values;
 use super::{CliError, Context, Global};
 
 pub const AFTER_HELP: &str = "\
@@ -17,7 +18,9 @@ Examples:
 
 DATA: an image folder with one subfolder per class (class order from the model's labels, else
 sorted folder names), a safetensors file with pixel_values (+ labels), or a Fashion-MNIST idx
-folder (--split). With --reference: top-1 agreement and mean KL(reference || model) for
+folder (--split). Labels must be class indices of the model (an error otherwise), pixel_values
+finite. The images are held in memory as f32 (N x C x H x W x 4 bytes, at most 16 GiB; use
+--limit for more). With --reference: top-1 agreement and mean KL(reference || model) for
 classifiers, mean cosine similarity of last_hidden_state tokens and of pooler_output for
 backbones.";
 
@@ -37,17 +40,17 @@ pub struct Args {
     /// Print one JSON object
     #[arg(long)]
     pub json: bool,
-    /// Evaluate at most N images (the first N)
-    #[arg(long, value_name = "N")]
+    /// Evaluate at most N images (the first N; at least 1)
+    #[arg(long, value_name = "N", value_parser = values::count_at_least(1))]
     pub limit: Option<usize>,
     /// Split of an idx folder
     #[arg(long, value_enum, default_value_t = SplitArg::Test)]
     pub split: SplitArg,
-    /// Images per batch
-    #[arg(long, default_value_t = 32)]
+    /// Images per batch, 1..=4096
+    #[arg(long, default_value_t = 32, value_name = "N", value_parser = values::batch())]
     pub batch: usize,
-    /// Worker threads (0 = all cores)
-    #[arg(long, default_value_t = 0)]
+    /// Worker threads, 0..=64 (0 = all cores)
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = values::threads())]
     pub threads: usize,
 }
 
@@ -77,6 +80,18 @@ pub fn evaluate(args: &Args, global: &Global) -> Result<Vec<Metrics>, CliError> 
     .context(|| format!("cannot load evaluation data {}", args.data.display()))?;
     let size = [data.h, data.w];
     let backbone = model.config().num_classes == 0;
+    // Labels beyond the classifier's classes would silently count as wrong answers.
+    let classes = model.config().num_classes;
+    if let (Some(labels), false) = (&data.labels, backbone) {
+        if let Some((i, &l)) = labels.iter().enumerate().find(|&(_, &l)| l as usize >= classes) {
+            return Err(CliError::msg(format!(
+                "evaluation data {}: label {l} of sample {i} is not a class of the model (it has {classes} \
+                 classes, labels 0..={})",
+                args.data.display(),
+                classes - 1
+            )));
+        }
+    }
     let run = |m: &factorvit::Model<'_>, what: &str| -> Result<eval::ModelOutputs, CliError> {
         let pb = progress(global, data.n, what);
         let out = eval::run_model(m, &data.pixel_values, data.n, size, args.batch, args.threads, backbone, |k| {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use factorvit::safetensors::DType;
 use factorvit::session::MAX_THREADS;
 use factorvit::{Head, SessionOptions};
 use factorvit_compress::checkpoint::{read_safetensors, StoredTensor};
@@ -13,8 +14,9 @@ use super::{CliError, Context, Global};
 
 pub const AFTER_HELP: &str = "\
 Input: a safetensors file with `pixel_values` [B, C, H, W] (F32, F16 or BF16), already
-normalised with the model's mean/std. H and W may differ from the trained size (position
-embeddings are interpolated); they must be multiples of the patch size.
+normalised with the model's mean/std, every value finite. H and W may differ from the trained
+size (position embeddings are interpolated); they must be multiples of the patch size (an error
+otherwise).
 Output: a safetensors file (F32) with `logits` [B, K] for classifiers, or
 `last_hidden_state` [B, T, D] and `pooler_output` [B, D] for backbones.
 
@@ -75,11 +77,33 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
             cfg.in_chans
         )));
     }
+    let p = cfg.patch_size;
+    if h < p || w < p || h % p != 0 || w % p != 0 {
+        return Err(CliError::msg(format!(
+            "input `{INPUT_TENSOR}` is {h}×{w}: height and width must be multiples of the model's patch size {p}"
+        )));
+    }
+    if !matches!(pv.dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(CliError::msg(format!(
+            "input `{INPUT_TENSOR}` in {} has dtype {}, expected F32, F16 or BF16",
+            args.input.display(),
+            pv.dtype.name()
+        )));
+    }
     let pixels = pv.to_f32().context(|| format!("input `{INPUT_TENSOR}` in {}", args.input.display()))?;
     let per_image = c * h * w;
+    if let Some(i) = pixels.iter().position(|v| !v.is_finite()) {
+        return Err(CliError::msg(format!(
+            "input `{INPUT_TENSOR}` in {}: image {} holds a non-finite value ({}); pixel values must be finite",
+            args.input.display(),
+            i / per_image,
+            pixels[i]
+        )));
+    }
 
     let batch = (args.batch_size as usize).min(b);
-    let options = SessionOptions { threads: usize::from(args.threads), batch, image_size: [h, w] };
+    let options =
+        SessionOptions { threads: usize::from(args.threads), batch, image_size: [h, w], ..Default::default() };
     let mut session =
         model.session(options).context(|| format!("cannot run {} on {h}x{w} inputs", args.model.display()))?;
     let classifier = cfg.head != Head::None;

@@ -72,6 +72,13 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
         human_bytes(model.weight_bytes()),
         file.map_or_else(|| "-".to_string(), human_bytes)
     ));
+    out.push_str(&match model.checksum_status() {
+        factorvit::ChecksumStatus::Verified { tensors } => {
+            format!("integrity: crc32 of {tensors} tensors and the metadata verified\n")
+        }
+        factorvit::ChecksumStatus::Absent => "integrity: the file carries no checksums (not verifiable)\n".to_string(),
+        factorvit::ChecksumStatus::Skipped => "integrity: not checked\n".to_string(),
+    });
     global.say(out.trim_end());
     Ok(())
 }

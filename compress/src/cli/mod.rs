@@ -15,6 +15,7 @@ mod infer;
 mod inspect_cmd;
 mod model;
 mod run_cmd;
+mod values;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -8,6 +8,7 @@ use factorvit_compress::data::{self, LoadOptions};
 
 use super::compress_cmd::configure_threads;
 use super::model::open_model;
+use super::values;
 use super::{CliError, Context, Global};
 
 pub const AFTER_HELP: &str = "\
@@ -35,8 +36,8 @@ pub struct Args {
     /// One JSON object per image
     #[arg(long)]
     pub json: bool,
-    /// Worker threads (0 = all cores)
-    #[arg(long, default_value_t = 0)]
+    /// Worker threads, 0..=64 (0 = all cores)
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = values::threads())]
     pub threads: usize,
 }
 
@@ -71,11 +72,14 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
     }
     let labels = model.labels().to_vec();
     let mut session = model
-        .session(SessionOptions { threads: args.threads, batch: 1, image_size: [0, 0] })
+        .session(SessionOptions { threads: args.threads, batch: 1, image_size: [0, 0], ..Default::default() })
         .context(|| "cannot create a session".to_string())?;
     for path in &args.images {
         if !data::is_image_file(path) {
             return Err(CliError::msg(format!("{}: not a jpg or png file", path.display())));
+        }
+        if path.is_dir() {
+            return Err(CliError::msg(format!("{}: is a directory, not an image file", path.display())));
         }
         let image = data::load_dataset(path, model.preprocess(), &LoadOptions::default())
             .context(|| format!("cannot read image {}", path.display()))?;

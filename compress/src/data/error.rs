@@ -149,6 +149,36 @@ pub enum DataError {
         /// The source.
         path: PathBuf,
     },
+    /// An image folder holds no jpg/jpeg/png image.
+    NoImages {
+        /// The folder.
+        path: PathBuf,
+        /// Other (non-hidden) files found and skipped.
+        skipped: usize,
+    },
+    /// The loaded samples would exceed the memory limit of a dataset
+    /// ([`LoadOptions::max_bytes`](super::LoadOptions::max_bytes)); nothing was allocated.
+    TooLarge {
+        /// The source.
+        path: PathBuf,
+        /// Samples requested (images × crops).
+        samples: u64,
+        /// `[C, H, W]` of one sample.
+        sample_shape: [usize; 3],
+        /// Bytes the samples would take (`u64::MAX` when that overflows).
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A stored pixel value is NaN or infinite.
+    NonFinite {
+        /// The source.
+        path: PathBuf,
+        /// Index of the first sample holding one (in the source).
+        sample: usize,
+        /// The value.
+        value: f32,
+    },
     /// Stored samples do not fit the model input (shape or channel count).
     InputMismatch {
         /// The source.
@@ -226,6 +256,28 @@ impl fmt::Display for DataError {
             DataError::Empty { path } => {
                 write!(f, "{}: the dataset holds no sample", path.display())
             }
+            DataError::NoImages { path, skipped } => {
+                write!(f, "no .jpg/.jpeg/.png images were found under {}", path.display())?;
+                match skipped {
+                    0 => write!(f, " (the folder is empty)"),
+                    1 => write!(f, " (1 other file skipped)"),
+                    n => write!(f, " ({n} other files skipped)"),
+                }
+            }
+            DataError::TooLarge { path, samples, sample_shape: [c, h, w], bytes, limit } => write!(
+                f,
+                "{}: {samples} samples of {c}×{h}×{w} floats would take {} in memory, above the {} \
+                 limit; load fewer images or crops, or a smaller image size",
+                path.display(),
+                gib(*bytes),
+                gib(*limit)
+            ),
+            DataError::NonFinite { path, sample, value } => write!(
+                f,
+                "{}: sample {sample} holds a non-finite pixel value ({value}); pixel values must be \
+                 finite numbers",
+                path.display()
+            ),
             DataError::InputMismatch { path, message } => {
                 write!(f, "{}: does not fit the model input: {message}", path.display())
             }
@@ -233,6 +285,15 @@ impl fmt::Display for DataError {
             DataError::Overflow { what } => write!(f, "size overflow computing {what}"),
             DataError::Options(m) => write!(f, "invalid dataset options: {m}"),
         }
+    }
+}
+
+/// `bytes` in GiB, for messages.
+fn gib(bytes: u64) -> String {
+    if bytes == u64::MAX {
+        "more than 16 EiB".to_string()
+    } else {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
     }
 }
 

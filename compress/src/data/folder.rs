@@ -159,8 +159,8 @@ pub fn match_class_names(folders: &[String], labels: &[String]) -> Result<Vec<us
 ///   [`match_class_names`]; files are listed recursively in torchvision's order.
 ///
 /// Hidden entries (`.name`) are skipped; extensions `jpg`/`jpeg`/`png` in any case are
-/// images. A folder mixing top-level images and subfolders, an empty class folder, or no
-/// image at all is an error.
+/// images. A folder mixing top-level images and subfolders or an empty class folder is an
+/// error; no image at all is [`DataError::NoImages`].
 pub fn list_image_folder(dir: &Path, class_names: Option<&[String]>) -> Result<FolderListing, DataError> {
     let all = entries(dir)?;
     let mut top_files: Vec<(String, PathBuf)> =
@@ -176,7 +176,8 @@ pub fn list_image_folder(dir: &Path, class_names: Option<&[String]>) -> Result<F
     }
     if subdirs.is_empty() {
         if top_files.is_empty() {
-            return Err(DataError::Empty { path: dir.to_path_buf() });
+            let skipped = all.iter().filter(|(_, _, d)| !d).count();
+            return Err(DataError::NoImages { path: dir.to_path_buf(), skipped });
         }
         top_files.sort();
         return Ok(FolderListing {

@@ -126,6 +126,54 @@ pub struct LoadOptions {
     /// The model's label list: class folders are matched to it, and it becomes the dataset's
     /// `class_names`.
     pub class_names: Option<Vec<String>>,
+    /// Largest size of the loaded samples (`n × C × H × W` f32), in bytes: checked before
+    /// anything is allocated or decoded, exceeding it is [`DataError::TooLarge`]. Default
+    /// [`DEFAULT_MAX_DATASET_BYTES`].
+    pub max_bytes: u64,
+}
+
+/// Default [`LoadOptions::max_bytes`]: 16 GiB.
+pub const DEFAULT_MAX_DATASET_BYTES: u64 = 16 << 30;
+
+/// Checks that `samples` samples of `[c, h, w]` f32 fit `opts.max_bytes`; returns the number of
+/// floats.
+pub(crate) fn checked_dataset_len(
+    path: &Path,
+    samples: usize,
+    [c, h, w]: [usize; 3],
+    opts: &LoadOptions,
+) -> Result<usize, DataError> {
+    let bytes = (samples as u64)
+        .checked_mul(c as u64)
+        .and_then(|v| v.checked_mul(h as u64))
+        .and_then(|v| v.checked_mul(w as u64))
+        .and_then(|v| v.checked_mul(std::mem::size_of::<f32>() as u64));
+    match bytes {
+        Some(b) if b <= opts.max_bytes => usize::try_from(b / 4).map_err(|_| DataError::overflow("dataset size")),
+        _ => Err(DataError::TooLarge {
+            path: path.to_path_buf(),
+            samples: samples as u64,
+            sample_shape: [c, h, w],
+            bytes: bytes.unwrap_or(u64::MAX),
+            limit: opts.max_bytes,
+        }),
+    }
+}
+
+/// The first non-finite value of `pixels` (samples of `sample_len` floats) as
+/// [`DataError::NonFinite`], naming the sample by its index in the source (`indices`).
+pub(crate) fn check_finite(path: &Path, pixels: &[f32], sample_len: usize, indices: &[usize]) -> Result<(), DataError> {
+    match pixels.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => {
+            let k = i / sample_len.max(1);
+            Err(DataError::NonFinite {
+                path: path.to_path_buf(),
+                sample: indices.get(k).copied().unwrap_or(k),
+                value: pixels[i],
+            })
+        }
+    }
 }
 
 impl Default for LoadOptions {
@@ -138,6 +186,7 @@ impl Default for LoadOptions {
             crops_per_image: 0,
             crop: CropAugment::default(),
             class_names: None,
+            max_bytes: DEFAULT_MAX_DATASET_BYTES,
         }
     }
 }
@@ -268,8 +317,8 @@ pub(crate) fn build_dataset(
     let [c, h, w] = pre.input_size;
     let per_image = opts.crops_per_image.max(1);
     let n = indices.len().checked_mul(per_image).ok_or(DataError::overflow("sample count"))?;
+    let total = checked_dataset_len(path, n, [c, h, w], opts)?;
     let chunk = (c * h * w).checked_mul(per_image).ok_or(DataError::overflow("sample size"))?;
-    let total = n.checked_mul(c * h * w).ok_or(DataError::overflow("dataset size"))?;
     let mut pixel_values = Vec::new();
     pixel_values.try_reserve_exact(total).map_err(|_| DataError::overflow("dataset allocation"))?;
     pixel_values.resize(total, 0.0f32);

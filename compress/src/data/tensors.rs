@@ -8,7 +8,7 @@ use factorvit::safetensors::{Container, DType, TensorInfo};
 use factorvit::Preprocess;
 
 use super::error::DataError;
-use super::{build_dataset, select_indices, Dataset, LoadOptions, RawImages};
+use super::{build_dataset, check_finite, checked_dataset_len, select_indices, Dataset, LoadOptions, RawImages};
 
 /// The file contents: memory-mapped, or read for empty files (which cannot be mapped).
 enum FileBytes {
@@ -121,7 +121,8 @@ fn metadata_class_names(container: &Container, path: &Path) -> Result<Option<Vec
 /// Loads a safetensors dataset for a model with preprocessing `pre`.
 ///
 /// * `pixel_values` (F32/F16/BF16 `[N, C, H, W]`, already normalised) is used as is and must
-///   match the model's `input_size`; crops are not possible on it.
+///   match the model's `input_size` and be finite ([`DataError::NonFinite`]); crops are not
+///   possible on it.
 /// * Otherwise `images` (U8 `[N, H, W]` or `[N, H, W, C]`, `C` in 1..=4, raw pixels) is
 ///   converted to the model's channels, resized with the eval transform when its size differs
 ///   from the model input (used as is when equal), and normalised.
@@ -166,12 +167,12 @@ pub fn load_safetensors_dataset(path: &Path, pre: &Preprocess, opts: &LoadOption
         check_count(n)?;
         let indices = select_indices(n, opts, path)?;
         let sample_len = c * h * w;
+        let total = checked_dataset_len(path, indices.len(), [c, h, w], opts)?;
         let mut pixel_values = Vec::new();
-        pixel_values
-            .try_reserve_exact(indices.len().checked_mul(sample_len).ok_or(DataError::overflow("dataset size"))?)
-            .map_err(|_| DataError::overflow("dataset allocation"))?;
+        pixel_values.try_reserve_exact(total).map_err(|_| DataError::overflow("dataset allocation"))?;
         let data = tensor_bytes(bytes, info, path)?;
         copy_pixel_values(data, info.dtype, sample_len, &indices, &mut pixel_values, path)?;
+        check_finite(path, &pixel_values, sample_len, &indices)?;
         let labels = labels.map(|l| indices.iter().map(|&i| l[i]).collect());
         let dataset = Dataset { pixel_values, labels, n: indices.len(), c, h, w, class_names };
         dataset.check_labels(path)?;

@@ -79,7 +79,8 @@ pub struct ModelOutputs {
     pub dim: usize,
 }
 
-/// Runs `model` on `n` images (`[n, C, H, W]`) in batches; `keep_tokens` keeps `last_hidden_state`.
+/// Runs `model` on `n` images (`[n, C, H, W]`, finite) in batches; `keep_tokens` keeps
+/// `last_hidden_state`.
 #[allow(clippy::too_many_arguments)]
 pub fn run_model(
     model: &Model<'_>,
@@ -94,8 +95,21 @@ pub fn run_model(
     if n == 0 {
         return Err(MethodError::Input("no images to evaluate".into()));
     }
+    // Exactly `n` images of the stated size, or the batches would not line up with the images.
+    let [h, w] = if image_size == [0, 0] { model.config().image_size } else { image_size };
+    let expected = n.checked_mul(model.config().in_chans).and_then(|v| v.checked_mul(h)?.checked_mul(w));
+    if expected != Some(pixels.len()) {
+        return Err(MethodError::Input(format!(
+            "{} pixel values are not {n} images of {}×{h}×{w}",
+            pixels.len(),
+            model.config().in_chans
+        )));
+    }
     let per = pixels.len() / n;
-    let mut s = model.session(SessionOptions { threads, batch: batch.max(1), image_size })?;
+    if let Some(i) = pixels.iter().position(|v| !v.is_finite()) {
+        return Err(MethodError::NonFinite(format!("the pixel values of image {}", i / per.max(1))));
+    }
+    let mut s = model.session(SessionOptions { threads, batch: batch.max(1), image_size, ..Default::default() })?;
     let mut out = ModelOutputs { n, ..ModelOutputs::default() };
     let mut done = 0;
     while done < n {
@@ -142,7 +156,8 @@ pub struct Metrics {
     pub pooled_cosine: Option<f64>,
 }
 
-/// Computes the metrics of `outputs` against optional labels and an optional reference.
+/// Computes the metrics of `outputs` against optional labels and an optional reference. Labels
+/// must be class indices (`< outputs.classes`) of a classifier.
 pub fn metrics(
     outputs: &ModelOutputs,
     labels: Option<&[u32]>,
@@ -151,10 +166,22 @@ pub fn metrics(
     let n = outputs.n;
     let mut m = Metrics { n, ..Metrics::default() };
     let k = outputs.classes;
+    // Outputs assembled by hand (the fields are public) must still have the stated sizes.
+    for (o, what) in [(outputs, "the model's"), (reference.unwrap_or(outputs), "the reference's")] {
+        let sized = |len: usize, per: usize| n.checked_mul(per) == Some(len);
+        if (o.classes > 0 && !sized(o.logits.len(), o.classes)) || !sized(o.pooler_output.len(), o.dim) {
+            return Err(MethodError::Input(format!("{what} outputs do not hold {n} images")));
+        }
+    }
     if k > 0 {
         if let Some(labels) = labels {
             if labels.len() != n {
                 return Err(MethodError::Input(format!("{} labels for {n} images", labels.len())));
+            }
+            if let Some((i, &l)) = labels.iter().enumerate().find(|&(_, &l)| l as usize >= k) {
+                return Err(MethodError::Input(format!(
+                    "label {l} of image {i} is not a class index of the model ({k} classes)"
+                )));
             }
             let row = |i: usize| &outputs.logits[i * k..(i + 1) * k];
             let top1 = (0..n).filter(|&i| argmax(row(i)) == labels[i] as usize).count();

@@ -144,6 +144,51 @@ impl Default for PipelineOptions {
     }
 }
 
+impl PipelineOptions {
+    /// Checks the numeric options: fractions in `[0, 1)`, finite non-negative ridges, a finite
+    /// prefix weight of at least 1, positive costs. [`compress_model`] calls it first.
+    pub fn validate(&self) -> Result<(), MethodError> {
+        let bad = |what: &str, v: f64, range: &str| {
+            Err(MethodError::Input(format!("{what} {v} is out of range: must be a finite number in {range}")))
+        };
+        let fraction = |v: f64| v.is_finite() && (0.0..1.0).contains(&v);
+        if !fraction(self.sparse_fraction) {
+            return bad("sparse fraction", self.sparse_fraction, "[0, 1)");
+        }
+        if !fraction(self.validation_fraction) {
+            return bad("validation fraction", self.validation_fraction, "[0, 1)");
+        }
+        if !(self.prefix_token_weight.is_finite() && self.prefix_token_weight >= 1.0) {
+            return bad("prefix token weight", self.prefix_token_weight, "[1, inf)");
+        }
+        if !(self.sensitivity_probe_keep.is_finite()
+            && self.sensitivity_probe_keep > 0.0
+            && self.sensitivity_probe_keep <= 1.0)
+        {
+            return bad("sensitivity probe keep", self.sensitivity_probe_keep, "(0, 1]");
+        }
+        for (what, v) in [("sparse entry cost", self.sparse_entry_cost), ("sparse row cost", self.sparse_row_cost)] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(what, v, "(0, inf)");
+            }
+        }
+        if self.whitening_ridge.is_empty() {
+            return Err(MethodError::Input("the whitening ridge grid is empty".into()));
+        }
+        for &r in &self.whitening_ridge {
+            if !(r.is_finite() && r >= 0.0) {
+                return bad("whitening ridge", r, "[0, inf)");
+            }
+        }
+        for &r in &self.compensation_options.ridge_grid {
+            if !(r.is_finite() && r >= 0.0) {
+                return bad("compensation ridge", r, "[0, inf)");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The new weights of one layer.
 #[derive(Debug, Clone)]
 pub struct LayerResult {
@@ -368,8 +413,12 @@ fn embed_stream(
     ids: &[usize],
     opts: &PipelineOptions,
 ) -> Result<Stream, MethodError> {
-    let mut session =
-        model.session(SessionOptions { threads: opts.threads, batch: opts.batch, image_size: calib.image_size })?;
+    let mut session = model.session(SessionOptions {
+        threads: opts.threads,
+        batch: opts.batch,
+        image_size: calib.image_size,
+        ..Default::default()
+    })?;
     let per_image = session.tokens() * model.config().embed_dim;
     let mut data = vec![0.0f32; ids.len() * per_image];
     for (chunk_i, chunk) in ids.chunks(opts.batch).enumerate() {
@@ -389,8 +438,12 @@ fn finish_from(
     from: usize,
     opts: &PipelineOptions,
 ) -> Result<OwnedOutputs, MethodError> {
-    let mut session =
-        model.session(SessionOptions { threads: opts.threads, batch: opts.batch, image_size: calib.image_size })?;
+    let mut session = model.session(SessionOptions {
+        threads: opts.threads,
+        batch: opts.batch,
+        image_size: calib.image_size,
+        ..Default::default()
+    })?;
     let c = model.config();
     let mut out = OwnedOutputs {
         logits: (c.head != Head::None).then(Vec::new),
@@ -524,8 +577,25 @@ pub fn compress_model(
     if calib.count == 0 {
         return Err(MethodError::Input("no calibration images".into()));
     }
+    // The pixels must be exactly `count` images of the stated size: a mismatch would otherwise
+    // surface as a wrong batch or an out-of-range slice deep inside the pipeline.
+    let [h, w] = if calib.image_size == [0, 0] { cfg.image_size } else { calib.image_size };
+    let expected = calib.count.checked_mul(cfg.in_chans).and_then(|n| n.checked_mul(h)?.checked_mul(w));
+    if expected != Some(calib.pixels.len()) {
+        return Err(MethodError::Input(format!(
+            "{} calibration values are not {} images of {}×{h}×{w}",
+            calib.pixels.len(),
+            calib.count,
+            cfg.in_chans
+        )));
+    }
     if opts.batch == 0 {
         return Err(MethodError::Input("batch must be at least 1".into()));
+    }
+    opts.validate()?;
+    if let Some(i) = calib.pixels.iter().position(|v| !v.is_finite()) {
+        let per = calib.pixels.len() / calib.count;
+        return Err(MethodError::NonFinite(format!("calibration image {}", i / per.max(1))));
     }
     let splits = make_splits(calib.count, opts.validation_fraction, opts.seed, opts.group_size);
     let scales: Vec<Option<Vec<f64>>> = (0..cfg.depth)
@@ -824,8 +894,12 @@ fn advance(
     if ids.is_empty() {
         return Ok(());
     }
-    let mut session =
-        model.session(SessionOptions { threads: opts.threads, batch: opts.batch, image_size: calib.image_size })?;
+    let mut session = model.session(SessionOptions {
+        threads: opts.threads,
+        batch: opts.batch,
+        image_size: calib.image_size,
+        ..Default::default()
+    })?;
     for (chunk_i, chunk) in ids.chunks(opts.batch).enumerate() {
         let range = chunk_i * opts.batch..chunk_i * opts.batch + chunk.len();
         session.embed(&calib.gather(chunk))?;
@@ -1095,8 +1169,12 @@ fn capture(
     if ids.is_empty() {
         return Ok(());
     }
-    let mut session =
-        model.session(SessionOptions { threads: opts.threads, batch: opts.batch, image_size: calib.image_size })?;
+    let mut session = model.session(SessionOptions {
+        threads: opts.threads,
+        batch: opts.batch,
+        image_size: calib.image_size,
+        ..Default::default()
+    })?;
     for (chunk_i, chunk) in ids.chunks(opts.batch).enumerate() {
         let range = chunk_i * opts.batch..chunk_i * opts.batch + chunk.len();
         session.embed(&calib.gather(chunk))?;

@@ -186,7 +186,9 @@ fn main() -> ! {
     let load_ticks = ticks() - t;
     let heap_after_load = HEAP.heap.used();
     let t = ticks();
-    let mut session = match model.session(SessionOptions::default()) {
+    // The arena must fit in what is left of the heap: a typed error, not an allocation failure.
+    let options = SessionOptions { memory_limit: HEAP_SIZE - heap_after_load, ..SessionOptions::default() };
+    let mut session = match model.session(options) {
         Ok(s) => s,
         Err(e) => {
             hprintln!("error: cannot create a session: {}", e);
@@ -206,6 +208,7 @@ fn main() -> ! {
         mem.weight_bytes,
         mem.copied_weight_bytes
     );
+    hprintln!("integrity: {:?} (crc32 of the weights and metadata, checked at load)", model.checksum_status());
     hprintln!(
         "load: {} instructions, heap {} bytes; session: {} instructions, arena {} bytes, {} MACs/image, {} kernels",
         instructions(load_ticks),

@@ -23,7 +23,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use factorvit::kernels::Backend;
-use factorvit::{Error, Head, Model, Session, SessionOptions};
+use factorvit::{
+    ChecksumPolicy, Error, Head, LoadOptions, Model, Session, SessionOptions, DEFAULT_SESSION_MEMORY_LIMIT,
+};
 
 /// Result of every fallible `fv_*` function.
 #[repr(i32)]
@@ -44,6 +46,12 @@ pub enum FvStatus {
     NoSuchOutput = 5,
     /// A bug in factorvit (a caught panic). The handle involved should be freed.
     Internal = 6,
+    /// The file's bytes do not match its stored checksums (a corrupt file); `fv_last_error()`
+    /// names the tensor at fault.
+    ChecksumMismatch = 7,
+    /// Loading or creating the session would exceed the configured memory limit (checked
+    /// before allocating).
+    MemoryLimit = 8,
 }
 
 /// A loaded model. Opaque; create with `fv_model_open()`, `fv_model_open_memory()` or
@@ -111,6 +119,59 @@ pub struct FvSessionOptions {
     pub image_height: usize,
     /// Input width; 0 (with `image_height` 0) = the model's trained size (default).
     pub image_width: usize,
+    /// Largest arena the session may allocate, in bytes; 0 = the default (4 GiB on 64-bit
+    /// targets, 2 GiB on 32-bit ones). Checked before allocating.
+    pub memory_limit: usize,
+}
+
+/// Checksum handling of `fv_model_open_memory_ex()`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FvChecksums {
+    /// Verify when the file carries checksums (the default).
+    VerifyIfPresent = 0,
+    /// Verify, and reject a file without checksums.
+    Require = 1,
+    /// Do not read the weights at load (fast boot from trusted flash).
+    Skip = 2,
+}
+
+/// Options of `fv_model_open_memory_ex()`. `fv_load_options_default()` gives the defaults,
+/// which are what `fv_model_open*()` use.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct FvLoadOptions {
+    /// Checksum handling: an `FvChecksums` value (a plain integer so that a bad value from C
+    /// is an error, not undefined behaviour).
+    pub checksums: u32,
+    /// Nonzero: reject files whose weight matrices hold NaN or infinity (default 1; costs one
+    /// read of the weights, shared with the checksum pass).
+    pub check_finite: u8,
+    /// Largest number of bytes the load may allocate (copies of misaligned tensors, f32
+    /// vectors); 0 = unlimited (default).
+    pub memory_limit: usize,
+}
+
+impl Default for FvLoadOptions {
+    fn default() -> Self {
+        FvLoadOptions { checksums: FvChecksums::VerifyIfPresent as u32, check_finite: 1, memory_limit: 0 }
+    }
+}
+
+impl FvLoadOptions {
+    fn to_rust(self) -> Result<LoadOptions, Failure> {
+        let checksums = match self.checksums {
+            c if c == FvChecksums::VerifyIfPresent as u32 => ChecksumPolicy::VerifyIfPresent,
+            c if c == FvChecksums::Require as u32 => ChecksumPolicy::Require,
+            c if c == FvChecksums::Skip as u32 => ChecksumPolicy::Skip,
+            other => return Err(Failure::invalid(format!("options.checksums is {other}, not an FvChecksums value"))),
+        };
+        Ok(LoadOptions {
+            checksums,
+            check_finite: self.check_finite != 0,
+            memory_limit: if self.memory_limit == 0 { usize::MAX } else { self.memory_limit },
+        })
+    }
 }
 
 impl Default for FvSessionOptions {
@@ -121,6 +182,7 @@ impl Default for FvSessionOptions {
             batch: d.batch,
             image_height: d.image_size[0],
             image_width: d.image_size[1],
+            memory_limit: 0,
         }
     }
 }
@@ -195,6 +257,8 @@ impl From<Error> for Failure {
         let status = match &e {
             Error::Io { .. } => FvStatus::Io,
             Error::Input(_) => FvStatus::InvalidArgument,
+            Error::Checksum { .. } => FvStatus::ChecksumMismatch,
+            Error::MemoryLimit { .. } => FvStatus::MemoryLimit,
             _ => FvStatus::InvalidModel,
         };
         Failure::new(status, e.to_string())
@@ -291,6 +355,8 @@ pub extern "C" fn fv_status_name(status: i32) -> *const c_char {
         4 => c"FV_STATUS_INVALID_MODEL",
         5 => c"FV_STATUS_NO_SUCH_OUTPUT",
         6 => c"FV_STATUS_INTERNAL",
+        7 => c"FV_STATUS_CHECKSUM_MISMATCH",
+        8 => c"FV_STATUS_MEMORY_LIMIT",
         _ => c"unknown status",
     };
     name.as_ptr()
@@ -339,6 +405,29 @@ pub unsafe extern "C" fn fv_model_open(path: *const c_char, out_model: *mut *mut
 /// write.
 #[no_mangle]
 pub unsafe extern "C" fn fv_model_open_memory(data: *const u8, len: usize, out_model: *mut *mut FvModel) -> FvStatus {
+    // SAFETY: the same contract as this function's.
+    unsafe { fv_model_open_memory_ex(data, len, std::ptr::null(), out_model) }
+}
+
+/// The default load options (what `fv_model_open*()` use): verify checksums when present,
+/// reject NaN/infinity, no memory limit.
+#[no_mangle]
+pub extern "C" fn fv_load_options_default() -> FvLoadOptions {
+    FvLoadOptions::default()
+}
+
+/// `fv_model_open_memory()` with load options (NULL = the defaults): e.g. skip the checksum
+/// pass on a flash-constrained boot, or cap the RAM the load may take.
+///
+/// # Safety
+/// As `fv_model_open_memory()`; `options` must be NULL or readable.
+#[no_mangle]
+pub unsafe extern "C" fn fv_model_open_memory_ex(
+    data: *const u8,
+    len: usize,
+    options: *const FvLoadOptions,
+    out_model: *mut *mut FvModel,
+) -> FvStatus {
     guard(|| {
         // SAFETY: `out_model` is NULL or writable (contract).
         unsafe { write_out(out_model, "out_model", std::ptr::null_mut())? };
@@ -349,7 +438,9 @@ pub unsafe extern "C" fn fv_model_open_memory(data: *const u8, len: usize, out_m
         // life of the model and its sessions (the caller's contract, documented in the
         // header); the 'static lifetime is never exposed beyond those handles.
         let bytes: &'static [u8] = unsafe { std::slice::from_raw_parts(data, len) };
-        let model = Model::from_bytes(bytes)?;
+        // SAFETY: NULL or readable (contract).
+        let options = unsafe { options.as_ref() }.copied().unwrap_or_default();
+        let model = Model::from_bytes_with(bytes, &options.to_rust()?)?;
         // SAFETY: checked above.
         unsafe { out_model.write(wrap_model(model)) };
         Ok(())
@@ -526,8 +617,13 @@ pub unsafe extern "C" fn fv_session_create(
                 factorvit::session::MAX_THREADS
             )));
         }
-        let options =
-            SessionOptions { threads: o.threads, batch: o.batch, image_size: [o.image_height, o.image_width] };
+        let memory_limit = if o.memory_limit == 0 { DEFAULT_SESSION_MEMORY_LIMIT } else { o.memory_limit };
+        let options = SessionOptions {
+            threads: o.threads,
+            batch: o.batch,
+            image_size: [o.image_height, o.image_width],
+            memory_limit,
+        };
         let owner = Arc::clone(&m.inner);
         // SAFETY: the model lives in the `Arc` allocation, which does not move and is kept alive
         // by `owner`, stored in the same `FvSession` and dropped after the session (field

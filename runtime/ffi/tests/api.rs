@@ -444,6 +444,50 @@ fn bad_files_are_errors() {
 }
 
 #[test]
+fn load_options_checksums_and_memory_limits() {
+    let bytes = fixture_fvit("timm-vit-micro", DType::F32);
+    let c = Container::parse(&bytes).unwrap();
+    let t = c.get("blocks.0.mlp.fc1.weight").unwrap();
+    let mut flipped = bytes.clone();
+    flipped[t.start + 9] ^= 0x04; // a mantissa bit: the value stays finite
+                                  // SAFETY (whole block): every pointer is valid for the stated length; handles are freed once.
+    unsafe {
+        let mut model = null_mut();
+        // Default: verified, the corrupt tensor is named.
+        assert_eq!(fv_model_open_memory(flipped.as_ptr(), flipped.len(), &mut model), FvStatus::ChecksumMismatch);
+        assert!(model.is_null());
+        assert!(last_error().contains("blocks.0.mlp.fc1.weight"), "{}", last_error());
+        let name = CStr::from_ptr(fv_status_name(FvStatus::ChecksumMismatch as i32)).to_str().unwrap();
+        assert_eq!(name, "FV_STATUS_CHECKSUM_MISMATCH");
+        // Skip: a trusted-flash boot loads it without reading the weights.
+        let mut opts = fv_load_options_default();
+        opts.checksums = FvChecksums::Skip as u32;
+        assert_eq!(fv_model_open_memory_ex(flipped.as_ptr(), flipped.len(), &opts, &mut model), FvStatus::Ok);
+        fv_model_free(model);
+        // An out-of-range enum value from C is an argument error, not undefined behaviour.
+        opts.checksums = 7;
+        assert_eq!(fv_model_open_memory_ex(bytes.as_ptr(), bytes.len(), &opts, &mut model), FvStatus::InvalidArgument);
+        // Load memory cap: a misaligned buffer needs copies, refused under a small cap.
+        let shifted = AlignedBuf::new(&bytes, 1);
+        let mut capped = fv_load_options_default();
+        capped.memory_limit = 1024;
+        assert_eq!(fv_model_open_memory_ex(shifted.ptr(), bytes.len(), &capped, &mut model), FvStatus::MemoryLimit);
+        // Session memory cap.
+        assert_eq!(fv_model_open_memory_ex(bytes.as_ptr(), bytes.len(), null(), &mut model), FvStatus::Ok);
+        let mut so = fv_session_options_default();
+        so.memory_limit = 1000;
+        let mut session = null_mut();
+        assert_eq!(fv_session_create(model, &so, &mut session), FvStatus::MemoryLimit);
+        assert!(session.is_null());
+        assert!(last_error().contains("memory limit"), "{}", last_error());
+        so.memory_limit = 0; // the default
+        assert_eq!(fv_session_create(model, &so, &mut session), FvStatus::Ok);
+        fv_session_free(session);
+        fv_model_free(model);
+    }
+}
+
+#[test]
 fn last_error_is_per_thread_and_status_names_are_static() {
     // SAFETY (whole block): NULL arguments are allowed and reported.
     unsafe {

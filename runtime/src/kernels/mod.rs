@@ -299,11 +299,19 @@ pub struct Scratch {
 impl Scratch {
     /// Scratch sized for `backend`.
     pub fn new(backend: Backend) -> Scratch {
-        let (pack, part) = match backend {
+        let (pack, part) = Scratch::floats(backend);
+        Scratch { backend, pack: alloc::vec![0.0; pack], part: alloc::vec![0.0; part] }
+    }
+    /// Bytes a scratch for `backend` holds (known before allocating it).
+    pub fn bytes_for(backend: Backend) -> usize {
+        let (pack, part) = Scratch::floats(backend);
+        (pack + part) * 4
+    }
+    fn floats(backend: Backend) -> (usize, usize) {
+        match backend {
             Backend::Scalar => (0, 0),
             Backend::Avx2 | Backend::Neon => (driver::PACK_FLOATS + 16, driver::PART_FLOATS),
-        };
-        Scratch { backend, pack: alloc::vec![0.0; pack], part: alloc::vec![0.0; part] }
+        }
     }
     /// Bytes held.
     pub fn bytes(&self) -> usize {
