@@ -12,7 +12,7 @@
 # "large to small" row (fmnist-deit-small compressed to fmnist-deit-tiny's parameter count).
 #
 # Usage: scripts/results.sh [OUT_DIR]      (environment: SHARED, FMNIST, MODELS, STEPS, SPARSE,
-#                                          CALIB_COUNT, DINO_CROPS, THREADS)
+#                                          CALIB_COUNT, DINO_CROPS, DINO_KEEPS, THREADS)
 # STEPS selects parts: "fmnist dino small2tiny" (default: all three).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,7 @@ STEPS="${STEPS:-fmnist dino small2tiny}"
 SPARSE="${SPARSE:-0.25}"
 CALIB_COUNT="${CALIB_COUNT:-256}"
 DINO_CROPS="${DINO_CROPS:-8}"
+DINO_KEEPS="${DINO_KEEPS:-0.7 0.6 0.5}"
 THREADS="${THREADS:-0}"
 mkdir -p "$OUT"
 cargo build --release -p factorvit-compress --bin factorvit >&2
@@ -92,11 +93,11 @@ if [[ " $STEPS " == *" dino "* ]]; then
   say ""
   say "### dinov2-small-imgfocus (real weights): held-out chelsea/coffee/astronaut vs the dense model"
   say ""
-  say "Calibration: $(ls "$photos" | wc -l) photos (scikit-image + mate-backgrounds, evaluation photos excluded) x $DINO_CROPS random crops, 224x224."
+  say "Calibration: $(ls "$photos" | wc -l) photos (scikit-image, mate-backgrounds, ukui-wallpapers, OpenCV samples; evaluation photos excluded) x $DINO_CROPS random crops, 224x224."
   say ""
   say "| keep | method | token cosine | pooled cosine | file | time s |"
   say "|---|---|---|---|---|---|"
-  for keep in 0.7 0.6 0.5; do
+  for keep in $DINO_KEEPS; do
     names=(); infos=()
     for i in "${!ROWS[@]}"; do
       label="${ROWS[$i]%%|*}"; flags="${ROWS[$i]#*|}"

@@ -140,3 +140,54 @@ fn misaligned_buffers_are_copied_not_rejected() {
     // Our writer aligns every tensor; only vectors (converted to f32 at load) may be owned.
     assert_eq!(aligned.copied_bytes(), 0);
 }
+
+/// Records every layer input a block shows, in order.
+#[derive(Default)]
+struct LayerInputs(Vec<(usize, factorvit::BlockLinear, Vec<f32>)>);
+
+impl Observer for LayerInputs {
+    fn linear_input(&mut self, block: usize, which: factorvit::BlockLinear, x: &[f32], _rows: usize, _cols: usize) {
+        self.0.push((block, which, x.to_vec()));
+    }
+}
+
+/// `run_block_until(i, last)` shows exactly the layer inputs `run_block(i)` shows, bit for
+/// bit, up to and including `last`'s, and none after it (the compressor's compensation relies
+/// on it to skip the rest of a block).
+#[test]
+fn a_block_run_until_a_layer_shows_the_same_inputs_up_to_it() {
+    use factorvit::BlockLinear;
+    let bytes = fixture_model("timm-vit-avgpool-layerscale-micro");
+    let model = Model::from_bytes(&bytes).unwrap();
+    let dir = fixture_dir("timm-vit-avgpool-layerscale-micro");
+    let input = read_tensor(&dir.join("input.safetensors"), "pixel_values");
+    let [b, _, h, w] = input.shape[..] else { panic!("pixel_values must be 4-D") };
+    let opts = SessionOptions { threads: 1, batch: b, image_size: [h, w], ..Default::default() };
+    for block in 0..model.config().depth {
+        let mut full = model.session(opts.clone()).unwrap();
+        full.embed(&input.data).unwrap();
+        for i in 0..block {
+            full.run_block(i, &mut factorvit::NoObserver);
+        }
+        let stream = full.residual().to_vec();
+        let mut all = LayerInputs::default();
+        full.run_block(block, &mut all);
+        assert_eq!(all.0.len(), 4);
+        for (k, last) in BlockLinear::ALL.into_iter().enumerate() {
+            let mut partial = model.session(opts.clone()).unwrap();
+            partial.embed(&input.data).unwrap();
+            partial.residual_mut().copy_from_slice(&stream);
+            let mut seen = LayerInputs::default();
+            partial.run_block_until(block, last, &mut seen);
+            assert_eq!(seen.0.len(), k + 1, "block {block} until {last:?}");
+            for (got, want) in seen.0.iter().zip(&all.0) {
+                assert_eq!((got.0, got.1), (want.0, want.1));
+                assert!(
+                    got.2.iter().zip(&want.2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "block {block} {:?}",
+                    got.1
+                );
+            }
+        }
+    }
+}

@@ -572,6 +572,20 @@ impl<'m, 'a> Session<'m, 'a> {
 
     /// Step 2 of a run: block `i` on the residual stream.
     pub fn run_block(&mut self, i: usize, observer: &mut dyn Observer) {
+        self.run_block_inner(i, None, observer);
+    }
+
+    /// Block `i` up to the input of its layer `last`: runs everything `last`'s input depends
+    /// on, shows it to `observer` (with the inputs of the layers before it) and returns without
+    /// applying `last` or anything after it. For calibration tools that need one layer's input
+    /// and not the block's output: the residual stream is left part-way through the block
+    /// (after the attention residual when `last` is `Fc1` or `Fc2`), so reload it before the
+    /// next [`Session::run_block`].
+    pub fn run_block_until(&mut self, i: usize, last: BlockLinear, observer: &mut dyn Observer) {
+        self.run_block_inner(i, Some(last), observer);
+    }
+
+    fn run_block_inner(&mut self, i: usize, last: Option<BlockLinear>, observer: &mut dyn Observer) {
         let model = self.model;
         let block = &model.blocks[i];
         let c = &model.config;
@@ -591,6 +605,9 @@ impl<'m, 'a> Session<'m, 'a> {
             d,
         );
         observer.linear_input(i, BlockLinear::Qkv, &self.xn[..rows * d], rows, d);
+        if last == Some(BlockLinear::Qkv) {
+            return;
+        }
         let mut bufs = LinearBuffers { low_rank: &mut self.low_rank, lin_out: &mut self.lin_out, xt: &mut self.xt };
         apply_linear(
             model,
@@ -606,6 +623,9 @@ impl<'m, 'a> Session<'m, 'a> {
         );
         self.attention();
         observer.linear_input(i, BlockLinear::Proj, &self.ctx[..rows * d], rows, d);
+        if last == Some(BlockLinear::Proj) {
+            return;
+        }
         let residual = Epilogue { accumulate: true, scale: block.ls1.as_deref(), ..Epilogue::default() };
         let mut bufs = LinearBuffers { low_rank: &mut self.low_rank, lin_out: &mut self.lin_out, xt: &mut self.xt };
         apply_linear(
@@ -634,6 +654,9 @@ impl<'m, 'a> Session<'m, 'a> {
             d,
         );
         observer.linear_input(i, BlockLinear::Fc1, &self.xn[..rows * d], rows, d);
+        if last == Some(BlockLinear::Fc1) {
+            return;
+        }
         let gelu = Epilogue { gelu: true, ..Epilogue::default() };
         apply_linear(
             model,
@@ -648,6 +671,9 @@ impl<'m, 'a> Session<'m, 'a> {
             &mut bufs,
         );
         observer.linear_input(i, BlockLinear::Fc2, &self.hidden[..rows * c.mlp_hidden], rows, c.mlp_hidden);
+        if last == Some(BlockLinear::Fc2) {
+            return;
+        }
         let residual = Epilogue { accumulate: true, scale: block.ls2.as_deref(), ..Epilogue::default() };
         apply_linear(
             model,

@@ -115,7 +115,7 @@ pub struct Report {
     pub distortion_measure: String,
     /// Wall time of the method.
     pub seconds: f64,
-    /// Wall time per phase.
+    /// Wall time per phase; entries starting with `·` split the phase before them into parts.
     pub timings: Vec<(String, f64)>,
     /// The options used (debug rendering).
     pub options: String,
