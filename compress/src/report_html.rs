@@ -273,21 +273,12 @@ pub fn render_html(report: &Report, info: &ReportInfo) -> io::Result<String> {
         format!("{} ({} / {})", report.calibration_images, report.fit_images, report.validation_images),
         Some(report.calibration_images.to_string()),
     );
-    if let (Some(b), Some(a), Some(k)) = (
-        report.validation_distortion_before_compensation,
-        report.validation_distortion_after_compensation,
-        report.compensation_kept,
-    ) {
+    if let (Some(summary), Some(kept)) = (report.compensation_summary(), report.kept_distortion()) {
         row(
             "distortion",
             &format!("validation output distortion, {}", report.distortion_measure),
-            format!(
-                "{} without compensation, {} with ({})",
-                sci(b),
-                sci(a),
-                if k { "compensation kept" } else { "compensation rejected" }
-            ),
-            Some(if k { a } else { b }.to_string()),
+            esc(&summary),
+            Some(kept.to_string()),
         );
     }
     for (label, value) in &info.extra {

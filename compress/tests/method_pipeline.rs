@@ -9,7 +9,7 @@ use factorvit_compress::data::{load_dataset, Dataset, LoadOptions, Split};
 use factorvit_compress::method::compensate::CompensationOptions;
 use factorvit_compress::method::export::apply_to_spec;
 use factorvit_compress::method::pipeline::{
-    compress_model, Calibration, Compressed, FactorMethod, PipelineOptions, RankPolicy,
+    compress_model, Calibration, Compressed, FactorMethod, PipelineOptions, RankPolicy, COMPENSATION_GATE_TIE,
 };
 use factorvit_compress::method::synthetic::{random_vit_spec, SyntheticVit};
 use factorvit_compress::writer;
@@ -127,8 +127,32 @@ fn compensation_never_increases_fit_loss_nor_validation_loss() {
             out.report.validation_distortion_before_compensation.unwrap(),
             out.report.validation_distortion_after_compensation.unwrap(),
         );
-        if out.report.compensation_kept == Some(true) {
-            assert!(a <= b);
+        // The model gate: candidates k = 0 (none) .. depth (all), the kept one is the best.
+        let gate = &out.report.compensation_gate;
+        assert_eq!(gate.first().map(|g| g.0), Some(0));
+        assert_eq!(gate.last().map(|g| g.0), Some(model.config().depth));
+        assert_eq!(gate[0].1, b);
+        assert_eq!(gate.last().unwrap().1, a);
+        let k = out.report.compensated_blocks.unwrap();
+        let chosen = gate.iter().find(|g| g.0 == k).expect("the chosen k is a candidate").1;
+        let best = gate.iter().map(|g| g.1).fold(f64::INFINITY, f64::min);
+        assert!(chosen <= b, "gate kept k={k} ({chosen}), worse than none ({b})");
+        assert!(chosen <= best * (1.0 + COMPENSATION_GATE_TIE), "gate kept k={k} ({chosen}) but {gate:?}");
+        assert_eq!(out.report.compensation_kept, Some(k > 0));
+        // Blocks from k on are exactly the uncompensated run's layers.
+        let plain = run(&model, &data, &PipelineOptions { compensation: false, ..opts.clone() });
+        for (i, (x, y)) in out.layers.iter().zip(&plain.layers).enumerate() {
+            let same = match (&x.replacement, &y.replacement) {
+                (None, None) => true,
+                (Some((xa, xb)), Some((ya, yb))) => xa.u == ya.u && xa.v == ya.v && xb == yb,
+                _ => false,
+            };
+            if i >= 4 * k {
+                assert!(same, "{}: block at or after k={k} differs from the uncompensated run", x.name);
+                if x.replacement.is_some() {
+                    assert_eq!(out.report.layers[i].compensation_kept, Some(false), "{}", x.name);
+                }
+            }
         }
     }
 }

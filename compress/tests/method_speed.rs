@@ -4,7 +4,8 @@
 //! `cargo test --release -p factorvit-compress --test method_speed -- --ignored --nocapture`
 //!
 //! Environment: `FACTORVIT_SPEED_IMAGES` (default 64), `FACTORVIT_SPEED_MODEL` (`base` or
-//! `small`, default `base`).
+//! `small`, default `base`), `FACTORVIT_SPEED_DEPTH` (blocks, default the model's: fewer blocks
+//! give a quick profile of the same per-layer work).
 
 use std::time::Instant;
 
@@ -20,6 +21,10 @@ fn deit_base_compression_wall_time() {
     let geometry = match std::env::var("FACTORVIT_SPEED_MODEL").as_deref() {
         Ok("small") => SyntheticVit { dim: 384, heads: 6, mlp: 1536, ..SyntheticVit::deit_base() },
         _ => SyntheticVit::deit_base(),
+    };
+    let geometry = match std::env::var("FACTORVIT_SPEED_DEPTH").ok().and_then(|v| v.parse().ok()) {
+        Some(depth) => SyntheticVit { depth, ..geometry },
+        None => geometry,
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     faer::set_global_parallelism(if threads > 1 { faer::Par::rayon(threads) } else { faer::Par::Seq });

@@ -10,7 +10,8 @@ use factorvit_compress::data::{self, LoadOptions, Split};
 use factorvit_compress::method::compensate::CompensationOptions;
 use factorvit_compress::method::export;
 use factorvit_compress::method::pipeline::{
-    self, Calibration, FactorMethod, PipelineOptions, RankPolicy, SparseLayers,
+    self, Calibration, FactorMethod, PipelineOptions, RankPolicy, SparseLayers, DEFAULT_SENSITIVITY_IMAGES,
+    DEFAULT_SENSITIVITY_WORK_CAP,
 };
 use factorvit_compress::report_html::{self, ReportFormat, ReportInfo};
 use factorvit_compress::writer;
@@ -135,9 +136,10 @@ pub struct Args {
     #[arg(long)]
     pub no_sensitivity: bool,
     /// Calibration images used to measure layer sensitivities (at least 1; --no-sensitivity skips
-    /// the measurement)
-    #[arg(long, default_value_t = 32, value_name = "N", value_parser = values::count_at_least(1))]
-    pub sensitivity_images: usize,
+    /// the measurement) [default: 32, fewer when probing would cost more than 4 dense passes
+    /// over the calibration set, at least 8]
+    #[arg(long, value_name = "N", value_parser = values::count_at_least(1))]
+    pub sensitivity_images: Option<usize>,
     /// Fraction of calibration images held out for validation, in [0, 1)
     #[arg(long, default_value_t = 0.2, value_name = "F", value_parser = values::fraction_below_one())]
     pub val_fraction: f64,
@@ -301,7 +303,9 @@ pub fn pipeline_options(args: &Args, budget: usize, dtype: DType, global: &Globa
         whitening_ridge: args.whitening_ridge.clone(),
         validation_fraction: args.val_fraction,
         allocate_on_validation: args.allocate_on_validation,
-        sensitivity_images: args.sensitivity_images,
+        sensitivity_images: args.sensitivity_images.unwrap_or(DEFAULT_SENSITIVITY_IMAGES),
+        // An explicit count is used as given; the default is capped by the probes' cost.
+        sensitivity_work_cap: if args.sensitivity_images.is_some() { None } else { Some(DEFAULT_SENSITIVITY_WORK_CAP) },
         group_size: args.crops_per_image.max(1),
         batch: args.batch,
         threads: args.threads,

@@ -20,6 +20,7 @@
 //! stopping on the validation loss and the same gate.
 
 use faer::Mat;
+use rayon::prelude::*;
 
 use super::decompose::{fit_low_rank_sparse, Approximation, Metric, WhitenedSvd};
 use super::linalg::{self, Matrix};
@@ -42,11 +43,21 @@ pub struct SplitLoss {
 impl SplitLoss {
     /// Precomputes the loss of a split for the original layer `(W, b)`.
     pub fn new(w: &Matrix, bias: Option<&[f64]>, moments: &PairMoments) -> SplitLoss {
+        let target_variance = linalg::quad_trace(w.as_ref(), moments.o.covariance().as_ref());
+        SplitLoss::with_target_variance(w, bias, moments, target_variance)
+    }
+
+    /// Same with `tr(W C_oo Wᵀ)` known from the dense pass (the moments then need no Gram
+    /// matrix of `X_o`: see [`PairMoments::without_target_gram`]).
+    pub fn with_target_variance(
+        w: &Matrix,
+        bias: Option<&[f64]>,
+        moments: &PairMoments,
+        target_variance: f64,
+    ) -> SplitLoss {
         let cov_c = moments.c.covariance();
-        let cov_o = moments.o.covariance();
         let cross_co = moments.cross_covariance(); // C_co = Cov(x_c, x_o), n × n
         let cross = linalg::mul(w.as_ref(), cross_co.transpose());
-        let target_variance = linalg::quad_trace(w.as_ref(), cov_o.as_ref());
         let mean_o = moments.o.mean();
         let target_mean = (0..w.nrows())
             .map(|i| (0..w.ncols()).map(|j| w[(i, j)] * mean_o[j]).sum::<f64>() + bias.map_or(0.0, |b| b[i]))
@@ -58,22 +69,64 @@ impl SplitLoss {
     pub fn loss(&self, w_hat: &Matrix, bias_hat: &[f64]) -> f64 {
         let quad = linalg::quad_trace(w_hat.as_ref(), self.cov_c.as_ref());
         let lin = linalg::inner(w_hat.as_ref(), self.cross.as_ref());
-        let mean: f64 = (0..w_hat.nrows())
-            .map(|i| {
-                let d = (0..w_hat.ncols()).map(|j| w_hat[(i, j)] * self.mean_c[j]).sum::<f64>() + bias_hat[i]
-                    - self.target_mean[i];
-                d * d
-            })
-            .sum();
+        let mean = mean_error(&mat_vec(w_hat, &self.mean_c), bias_hat, &self.target_mean);
+        (quad - 2.0 * lin + self.target_variance).max(0.0) + mean
+    }
+
+    /// `L(Ŵ, b̂)` of an approximation, in factored form when that is cheaper: with `Ŵ = U·V`,
+    /// `tr(Ŵ C Ŵᵀ) = ⟨UᵀU, V C Vᵀ⟩` and `⟨Ŵ, X⟩ = ⟨Uᵀ X, V⟩` cost `r·n² + r·m·n` instead of
+    /// `m·n²` (a sparse term needs the dense `Ŵ`).
+    pub fn loss_of(&self, approx: &Approximation, bias_hat: &[f64]) -> f64 {
+        let (u, v) = (&approx.u, &approx.v);
+        let (m, n, r) = (u.nrows(), v.ncols(), u.ncols());
+        if approx.sparse.is_some() || r * (m + n) >= m * n {
+            return self.loss(&approx.dense(), bias_hat);
+        }
+        let vc = linalg::mul(v.as_ref(), self.cov_c.as_ref());
+        let vcv = linalg::mul(vc.as_ref(), v.transpose());
+        let utu = linalg::mul(u.transpose(), u.as_ref());
+        let quad = linalg::inner(utu.as_ref(), vcv.as_ref());
+        let utx = linalg::mul(u.transpose(), self.cross.as_ref());
+        let lin = linalg::inner(utx.as_ref(), v.as_ref());
+        let mean = mean_error(&approx_mat_vec(approx, &self.mean_c), bias_hat, &self.target_mean);
         (quad - 2.0 * lin + self.target_variance).max(0.0) + mean
     }
 
     /// The bias minimising `L` for `Ŵ`: `b̂ = W μ_o + b − Ŵ μ_c`.
     pub fn optimal_bias(&self, w_hat: &Matrix) -> Vec<f64> {
-        (0..w_hat.nrows())
-            .map(|i| self.target_mean[i] - (0..w_hat.ncols()).map(|j| w_hat[(i, j)] * self.mean_c[j]).sum::<f64>())
-            .collect()
+        let wm = mat_vec(w_hat, &self.mean_c);
+        self.target_mean.iter().zip(&wm).map(|(t, x)| t - x).collect()
     }
+
+    /// [`SplitLoss::optimal_bias`] of an approximation (factored: `U·(V μ_c)`).
+    pub fn optimal_bias_of(&self, approx: &Approximation) -> Vec<f64> {
+        let wm = approx_mat_vec(approx, &self.mean_c);
+        self.target_mean.iter().zip(&wm).map(|(t, x)| t - x).collect()
+    }
+}
+
+/// `A·x`.
+fn mat_vec(a: &Matrix, x: &[f64]) -> Vec<f64> {
+    (0..a.nrows()).map(|i| (0..a.ncols()).map(|j| a[(i, j)] * x[j]).sum()).collect()
+}
+
+/// `(U·V + S)·x` without forming `U·V`.
+fn approx_mat_vec(approx: &Approximation, x: &[f64]) -> Vec<f64> {
+    let vx = mat_vec(&approx.v, x);
+    let mut y = mat_vec(&approx.u, &vx);
+    if let Some(s) = &approx.sparse {
+        for (i, yi) in y.iter_mut().enumerate() {
+            for q in s.row_ptr[i] as usize..s.row_ptr[i + 1] as usize {
+                *yi += s.values[q] * x[s.col_idx[q] as usize];
+            }
+        }
+    }
+    y
+}
+
+/// `‖a + b − t‖²`: the mean-output part of the loss.
+fn mean_error(w_mu: &[f64], bias: &[f64], target: &[f64]) -> f64 {
+    w_mu.iter().zip(bias).zip(target).map(|((a, b), t)| (a + b - t) * (a + b - t)).sum()
 }
 
 /// Options of the compensation of one layer.
@@ -148,37 +201,74 @@ pub fn compensate_layer(
     val: Option<&PairMoments>,
     opts: &CompensationOptions,
 ) -> Result<CompensationOutcome, MethodError> {
-    let (rank, nnz) = (start.approx.rank(), start.approx.nnz());
     let fit_loss = SplitLoss::new(w, bias, fit);
     let val_loss = val.map(|v| SplitLoss::new(w, bias, v));
-    let start_dense = start.approx.dense();
-    let fit_before = fit_loss.loss(&start_dense, &start.bias);
-    let val_before = val_loss.as_ref().map(|v| v.loss(&start_dense, &start.bias));
+    compensate_layer_with(start, &fit_loss, val_loss.as_ref(), opts)
+}
 
-    // Closed form for every ridge value, from one eigendecomposition of C_cc.
-    let eig = linalg::sym_eigen(fit_loss.cov_c.as_ref())?;
-    let mean_eig = eig.values.iter().map(|v| v.max(0.0)).sum::<f64>() / eig.values.len().max(1) as f64;
-    let cross_rot = linalg::mul(fit_loss.cross.as_ref(), eig.vectors.as_ref());
+/// [`compensate_layer`] from precomputed split losses.
+pub fn compensate_layer_with(
+    start: &Candidate,
+    fit_loss: &SplitLoss,
+    val_loss: Option<&SplitLoss>,
+    opts: &CompensationOptions,
+) -> Result<CompensationOutcome, MethodError> {
+    let (rank, nnz) = (start.approx.rank(), start.approx.nnz());
+    let n = fit_loss.cov_c.nrows();
+    let fit_before = fit_loss.loss_of(&start.approx, &start.bias);
+    let val_before = val_loss.map(|v| v.loss_of(&start.approx, &start.bias));
+
+    // Closed form for every ridge value: through a Cholesky factor of C_cc + λI when there is no
+    // sparse term (level-3 work), else (or if the factorisation fails) from one clamped
+    // eigendecomposition of C_cc shared by all ridge values.
+    let mean_eig = (0..n).map(|i| fit_loss.cov_c[(i, i)].max(0.0)).sum::<f64>() / n.max(1) as f64;
+    // The ridge values are independent: their Cholesky solves run in parallel (each is a few
+    // level-3 calls, better spread over the cores this way than split inside faer).
+    let by_cholesky: Vec<Option<Approximation>> = opts
+        .ridge_grid
+        .par_iter()
+        .map(|&ridge| -> Result<Option<Approximation>, MethodError> {
+            if nnz > 0 {
+                return Ok(None);
+            }
+            let svd = WhitenedSvd::compute_cholesky(&fit_loss.cross, &fit_loss.cov_c, ridge * mean_eig, rank)?;
+            Ok(svd.map(|svd| {
+                let (u, v) = svd.factors(rank);
+                Approximation { u, v, sparse: None }
+            }))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut eigen: Option<(linalg::SymEigen, Matrix)> = None; // (eig of C_cc, cross·E)
     let mut best: Option<(Candidate, f64, f64, f64)> = None; // (candidate, ridge, fit, val)
-    for &ridge in &opts.ridge_grid {
-        let metric = Metric::from_eigen(&eig, ridge * mean_eig, opts.rel_floor);
-        let target_rot =
-            Mat::from_fn(cross_rot.nrows(), cross_rot.ncols(), |i, j| cross_rot[(i, j)] / metric.values[j]);
-        let approx = if nnz == 0 {
-            let svd = WhitenedSvd::compute_rotated(&target_rot, &metric)?;
-            let (u, v) = svd.factors(rank);
-            Approximation { u, v, sparse: None }
-        } else {
-            let target = metric.unrotate(&target_rot);
-            fit_low_rank_sparse(&target, &metric, rank, nnz, opts.sparse_iterations)?.0
+    for (&ridge, closed) in opts.ridge_grid.iter().zip(by_cholesky) {
+        let approx = match closed {
+            Some(approx) => approx,
+            None => {
+                if eigen.is_none() {
+                    let eig = linalg::sym_eigen(fit_loss.cov_c.as_ref())?;
+                    let cross_rot = linalg::mul(fit_loss.cross.as_ref(), eig.vectors.as_ref());
+                    eigen = Some((eig, cross_rot));
+                }
+                let (eig, cross_rot) = eigen.as_ref().expect("computed above");
+                let metric = Metric::from_eigen(eig, ridge * mean_eig, opts.rel_floor);
+                let target_rot =
+                    Mat::from_fn(cross_rot.nrows(), cross_rot.ncols(), |i, j| cross_rot[(i, j)] / metric.values[j]);
+                if nnz == 0 {
+                    let svd = WhitenedSvd::compute_rotated(&target_rot, &metric)?;
+                    let (u, v) = svd.factors(rank);
+                    Approximation { u, v, sparse: None }
+                } else {
+                    let target = metric.unrotate(&target_rot);
+                    fit_low_rank_sparse(&target, &metric, rank, nnz, opts.sparse_iterations)?.0
+                }
+            }
         };
-        let dense = approx.dense();
-        let b = fit_loss.optimal_bias(&dense);
-        let f = fit_loss.loss(&dense, &b);
+        let b = fit_loss.optimal_bias_of(&approx);
+        let f = fit_loss.loss_of(&approx, &b);
         if f > fit_before {
             continue;
         }
-        let v = val_loss.as_ref().map_or(f, |vl| vl.loss(&dense, &b));
+        let v = val_loss.map_or(f, |vl| vl.loss_of(&approx, &b));
         if best.as_ref().map_or(true, |(_, _, _, bv)| v < *bv) {
             best = Some((Candidate { approx, bias: b }, ridge, f, v));
         }
@@ -190,9 +280,9 @@ pub fn compensate_layer(
     };
     let mut adam_steps_kept = 0;
     if opts.adam_steps > 0 {
-        let refined = adam_refine(&result, &fit_loss, val_loss.as_ref(), opts.adam_steps, opts.adam_lr)?;
-        let f = fit_loss.loss(&refined.0.approx.dense(), &refined.0.bias);
-        let v = val_loss.as_ref().map_or(f, |vl| vl.loss(&refined.0.approx.dense(), &refined.0.bias));
+        let refined = adam_refine(&result, fit_loss, val_loss, opts.adam_steps, opts.adam_lr)?;
+        let f = fit_loss.loss_of(&refined.0.approx, &refined.0.bias);
+        let v = val_loss.map_or(f, |vl| vl.loss_of(&refined.0.approx, &refined.0.bias));
         if refined.1 > 0 && v < val_after && f <= fit_before {
             result = refined.0;
             adam_steps_kept = refined.1;
@@ -210,9 +300,9 @@ pub fn compensate_layer(
         fit_before,
         fit_after,
         val_before,
-        val_after: val_loss.as_ref().map(|_| val_after),
+        val_after: val_loss.map(|_| val_after),
         fit_target_variance: fit_loss.target_variance,
-        val_target_variance: val_loss.as_ref().map(|v| v.target_variance),
+        val_target_variance: val_loss.map(|v| v.target_variance),
     })
 }
 

@@ -105,12 +105,18 @@ pub struct Report {
     pub fit_images: usize,
     /// Of which held out for validation.
     pub validation_images: usize,
+    /// Fit images probed to measure layer sensitivities (0: not measured).
+    pub sensitivity_images: usize,
     /// Output distortion of the uncompensated model on the validation images.
     pub validation_distortion_before_compensation: Option<f64>,
     /// Same after compensation.
     pub validation_distortion_after_compensation: Option<f64>,
-    /// Whether the compensated model was kept (model-level gate).
+    /// Whether the compensated model was kept (model-level gate), for at least one block.
     pub compensation_kept: Option<bool>,
+    /// Blocks whose compensated layers were kept (the first `k`; the model-level gate's choice).
+    pub compensated_blocks: Option<usize>,
+    /// The gate's candidates: (blocks compensated, validation distortion).
+    pub compensation_gate: Vec<(usize, f64)>,
     /// What the distortion measures.
     pub distortion_measure: String,
     /// Wall time of the method.
@@ -122,6 +128,29 @@ pub struct Report {
 }
 
 impl Report {
+    /// Validation distortion of the model that was kept (compensated for the gate's chosen
+    /// blocks, or not at all).
+    pub fn kept_distortion(&self) -> Option<f64> {
+        let k = self.compensated_blocks?;
+        self.compensation_gate.iter().find(|g| g.0 == k).map(|g| g.1)
+    }
+
+    /// One line on the compensation gate: distortion without, with all of it, and what was kept.
+    pub fn compensation_summary(&self) -> Option<String> {
+        let (b, a, k) = (
+            self.validation_distortion_before_compensation?,
+            self.validation_distortion_after_compensation?,
+            self.compensated_blocks?,
+        );
+        let depth = self.compensation_gate.last().map_or(0, |g| g.0);
+        let kept = match k {
+            0 => "rejected".to_string(),
+            k if k == depth => "kept".to_string(),
+            k => format!("kept for blocks 0-{}: {:.3e}", k - 1, self.kept_distortion().unwrap_or(f64::NAN)),
+        };
+        Some(format!("{b:.3e} without compensation, {a:.3e} with ({kept})"))
+    }
+
     /// Total parameters before / after and budget charged.
     pub fn totals(&self) -> (usize, usize, f64) {
         let before = self.layers.iter().map(|l| l.params_before).sum();
@@ -192,15 +221,11 @@ impl Report {
             self.budget_params,
             self.seconds
         ));
-        if let (Some(b), Some(a), Some(k)) = (
-            self.validation_distortion_before_compensation,
-            self.validation_distortion_after_compensation,
-            self.compensation_kept,
-        ) {
+        if let Some(summary) = self.compensation_summary() {
             s.push_str(&format!(
-                "validation output distortion ({}): {b:.3e} without compensation, {a:.3e} with ({})\n",
-                self.distortion_measure,
-                if k { "kept" } else { "rejected" }
+                "validation output distortion ({}): {summary}
+",
+                self.distortion_measure
             ));
         }
         s

@@ -6,6 +6,7 @@
 //! calibration set (hundreds of thousands of rows) is carried in f64.
 
 use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, MatRef};
 
 use super::linalg::{self, Matrix};
@@ -32,6 +33,31 @@ fn add_chunk_product(
     }
 }
 
+/// `acc += XᵀX` on the lower triangle only (half the flops of a general product); the upper
+/// triangle of `acc` is left untouched and read by symmetry.
+fn add_chunk_gram(acc: &mut Matrix, scratch: &mut Mat<f32>, x: &[f32], rows: usize, cols: usize) {
+    let xm = MatRef::from_row_major_slice(x, rows, cols);
+    if scratch.nrows() != cols || scratch.ncols() != cols {
+        *scratch = Mat::zeros(cols, cols);
+    }
+    triangular::matmul(
+        scratch.as_mut(),
+        BlockStructure::TriangularLower,
+        Accum::Replace,
+        xm.transpose(),
+        BlockStructure::Rectangular,
+        xm,
+        BlockStructure::Rectangular,
+        1.0f32,
+        linalg::par(),
+    );
+    for j in 0..cols {
+        for i in j..cols {
+            acc[(i, j)] += f64::from(scratch[(i, j)]);
+        }
+    }
+}
+
 fn add_sums(sum: &mut [f64], x: &[f32], rows: usize, cols: usize) {
     for r in 0..rows {
         for (s, v) in sum.iter_mut().zip(&x[r * cols..(r + 1) * cols]) {
@@ -47,15 +73,52 @@ pub struct Moments {
     pub count: f64,
     /// `Σ x` over rows.
     pub sum: Vec<f64>,
-    /// `XᵀX`.
-    pub gram: Matrix,
+    /// `XᵀX`, lower triangle (the upper one is not maintained; read through [`Moments::gram`]).
+    gram_lower: Matrix,
+    /// Whether the Gram matrix is accumulated (`false`: count and sums only).
+    with_gram: bool,
     scratch: Mat<f32>,
 }
 
 impl Moments {
     /// Empty statistics for `cols`-wide rows.
     pub fn new(cols: usize) -> Moments {
-        Moments { count: 0.0, sum: vec![0.0; cols], gram: Mat::zeros(cols, cols), scratch: Mat::zeros(0, 0) }
+        Moments {
+            count: 0.0,
+            sum: vec![0.0; cols],
+            gram_lower: Mat::zeros(cols, cols),
+            with_gram: true,
+            scratch: Mat::zeros(0, 0),
+        }
+    }
+
+    /// Count and sums only (no Gram matrix: for streams whose second moments are known from
+    /// elsewhere; [`Moments::covariance`] and [`Moments::gram`] are then zero).
+    pub fn mean_only(cols: usize) -> Moments {
+        Moments {
+            count: 0.0,
+            sum: vec![0.0; cols],
+            gram_lower: Mat::zeros(0, 0),
+            with_gram: false,
+            scratch: Mat::zeros(0, 0),
+        }
+    }
+
+    /// `XᵀX` entry `(i, j)`.
+    #[inline]
+    fn gram_at(&self, i: usize, j: usize) -> f64 {
+        if !self.with_gram {
+            0.0
+        } else if i >= j {
+            self.gram_lower[(i, j)]
+        } else {
+            self.gram_lower[(j, i)]
+        }
+    }
+
+    /// `XᵀX` as a full symmetric matrix.
+    pub fn gram(&self) -> Matrix {
+        Mat::from_fn(self.cols(), self.cols(), |i, j| self.gram_at(i, j))
     }
 
     /// Width of the rows.
@@ -72,7 +135,9 @@ impl Moments {
         }
         self.count += rows as f64;
         add_sums(&mut self.sum, x, rows, c);
-        add_chunk_product(&mut self.gram, &mut self.scratch, x, x, rows, c, c);
+        if self.with_gram {
+            add_chunk_gram(&mut self.gram_lower, &mut self.scratch, x, rows, c);
+        }
     }
 
     /// Adds `rows` rows with weight `weight` each (as if each row were added `weight` times;
@@ -91,7 +156,9 @@ impl Moments {
         }
         let root = weight.sqrt() as f32;
         let scaled: Vec<f32> = x.iter().map(|v| v * root).collect();
-        add_chunk_product(&mut self.gram, &mut self.scratch, &scaled, &scaled, rows, c, c);
+        if self.with_gram {
+            add_chunk_gram(&mut self.gram_lower, &mut self.scratch, &scaled, rows, c);
+        }
     }
 
     /// Mean row `μ`.
@@ -106,13 +173,13 @@ impl Moments {
         let n = self.count.max(1.0);
         let mu = self.mean();
         let c = self.cols();
-        Mat::from_fn(c, c, |i, j| self.gram[(i, j)] / n - mu[i] * mu[j])
+        Mat::from_fn(c, c, |i, j| self.gram_at(i, j) / n - mu[i] * mu[j])
     }
 
     /// Uncentred second moment per row, `XᵀX/N`.
     pub fn second_moment(&self) -> Matrix {
         let n = self.count.max(1.0);
-        Mat::from_fn(self.cols(), self.cols(), |i, j| self.gram[(i, j)] / n)
+        Mat::from_fn(self.cols(), self.cols(), |i, j| self.gram_at(i, j) / n)
     }
 }
 
@@ -135,6 +202,17 @@ impl PairMoments {
         PairMoments {
             c: Moments::new(cols),
             o: Moments::new(cols),
+            cross: Mat::zeros(cols, cols),
+            scratch: Mat::zeros(0, 0),
+        }
+    }
+
+    /// Statistics whose target stream `X_o` keeps only its count and sums (its second moment is
+    /// known from the dense pass, and skipping it saves a third of the products).
+    pub fn without_target_gram(cols: usize) -> PairMoments {
+        PairMoments {
+            c: Moments::new(cols),
+            o: Moments::mean_only(cols),
             cross: Mat::zeros(cols, cols),
             scratch: Mat::zeros(0, 0),
         }
@@ -223,6 +301,33 @@ mod tests {
                     / rows as f64;
                 assert!((cov[(i, j)] - naive).abs() < 1e-5, "{i},{j}: {} vs {naive}", cov[(i, j)]);
             }
+        }
+    }
+
+    #[test]
+    fn lower_triangle_gram_matches_naive_product_on_odd_widths() {
+        // Widths around faer's register tiles, chunks of uneven length.
+        let mut rng = super::super::rng::SplitMix64::new(21);
+        for (rows, cols) in [(50usize, 1usize), (61, 13), (203, 70)] {
+            let x: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32 - 0.1).collect();
+            let mut m = Moments::new(cols);
+            let mut mean_only = Moments::mean_only(cols);
+            for (lo, hi) in [(0, rows / 3), (rows / 3, rows)] {
+                m.add(&x[lo * cols..hi * cols], hi - lo);
+                mean_only.add(&x[lo * cols..hi * cols], hi - lo);
+            }
+            let g = m.gram();
+            for i in 0..cols {
+                for j in 0..cols {
+                    let naive: f64 = (0..rows).map(|r| f64::from(x[r * cols + i]) * f64::from(x[r * cols + j])).sum();
+                    // f32 products of one chunk (≤ 135 terms of size ~1): relative 1e-5 is generous.
+                    assert!((g[(i, j)] - naive).abs() <= 1e-5 * (1.0 + naive.abs()), "{rows}x{cols} ({i},{j})");
+                    assert_eq!(g[(i, j)], g[(j, i)]);
+                }
+            }
+            assert_eq!(mean_only.mean(), m.mean());
+            assert_eq!(mean_only.count, m.count);
+            assert!(mean_only.gram().col_iter().all(|c| c.iter().all(|v| *v == 0.0)));
         }
     }
 }
