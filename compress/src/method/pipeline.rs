@@ -857,8 +857,8 @@ pub fn compress_model(
         // Model-level gate on the validation images' final outputs, over depth: candidate k
         // keeps the compensated layers of blocks 0..k and the uncompensated ones after (k = 0:
         // no compensation; k = depth: all of it). Every candidate is a consistent model (the
-        // uncompensated layers were fitted on dense inputs), and the one with the lowest
-        // validation distortion is kept (ties: the smaller k).
+        // uncompensated layers were fitted on dense inputs); `choose_compensated_blocks` picks
+        // one by validation distortion.
         let val_ref = finish_from(model, calib, &splits.val, &embed_stream(model, calib, &splits.val, opts)?, 0, opts)?;
         let mut compensated_model = model.view();
         apply_candidates(&mut compensated_model, &cfg, &compensated, &scales)?;
@@ -867,7 +867,7 @@ pub fn compress_model(
         let points = compensation_gate_points(cfg.depth);
         for k in 0..=cfg.depth {
             if points.contains(&k) {
-                let mixed: Vec<Option<Candidate>> = (0..layers_count(&cfg))
+                let mixed: Vec<Option<Candidate>> = (0..compensated.len())
                     .map(|i| if i < 4 * k { compensated[i].clone() } else { starts[i].clone() })
                     .collect();
                 let mut m = model.view();
@@ -956,11 +956,6 @@ pub fn choose_compensated_blocks(scores: &[(usize, f64)]) -> usize {
     let best = scores.iter().map(|s| s.1).fold(none, f64::min);
     let limit = none.min(best * (1.0 + COMPENSATION_GATE_TIE));
     scores.iter().filter(|s| s.1 <= limit).map(|s| s.0).max().unwrap_or(0)
-}
-
-/// Block linear layers of a model (four per block).
-fn layers_count(cfg: &factorvit::ModelConfig) -> usize {
-    cfg.depth * 4
 }
 
 fn apply_candidates(

@@ -75,39 +75,30 @@ pub struct Moments {
     pub sum: Vec<f64>,
     /// `XᵀX`, lower triangle (the upper one is not maintained; read through [`Moments::gram`]).
     gram_lower: Matrix,
-    /// Whether the Gram matrix is accumulated (`false`: count and sums only).
-    with_gram: bool,
     scratch: Mat<f32>,
 }
 
 impl Moments {
     /// Empty statistics for `cols`-wide rows.
     pub fn new(cols: usize) -> Moments {
-        Moments {
-            count: 0.0,
-            sum: vec![0.0; cols],
-            gram_lower: Mat::zeros(cols, cols),
-            with_gram: true,
-            scratch: Mat::zeros(0, 0),
-        }
+        Moments { count: 0.0, sum: vec![0.0; cols], gram_lower: Mat::zeros(cols, cols), scratch: Mat::zeros(0, 0) }
     }
 
     /// Count and sums only (no Gram matrix: for streams whose second moments are known from
     /// elsewhere; [`Moments::covariance`] and [`Moments::gram`] are then zero).
     pub fn mean_only(cols: usize) -> Moments {
-        Moments {
-            count: 0.0,
-            sum: vec![0.0; cols],
-            gram_lower: Mat::zeros(0, 0),
-            with_gram: false,
-            scratch: Mat::zeros(0, 0),
-        }
+        Moments { count: 0.0, sum: vec![0.0; cols], gram_lower: Mat::zeros(0, 0), scratch: Mat::zeros(0, 0) }
+    }
+
+    /// Whether the Gram matrix is accumulated (a [`Moments::mean_only`] one holds none).
+    fn with_gram(&self) -> bool {
+        self.gram_lower.nrows() == self.cols()
     }
 
     /// `XᵀX` entry `(i, j)`.
     #[inline]
     fn gram_at(&self, i: usize, j: usize) -> f64 {
-        if !self.with_gram {
+        if !self.with_gram() {
             0.0
         } else if i >= j {
             self.gram_lower[(i, j)]
@@ -135,7 +126,7 @@ impl Moments {
         }
         self.count += rows as f64;
         add_sums(&mut self.sum, x, rows, c);
-        if self.with_gram {
+        if self.with_gram() {
             add_chunk_gram(&mut self.gram_lower, &mut self.scratch, x, rows, c);
         }
     }
@@ -156,7 +147,7 @@ impl Moments {
         }
         let root = weight.sqrt() as f32;
         let scaled: Vec<f32> = x.iter().map(|v| v * root).collect();
-        if self.with_gram {
+        if self.with_gram() {
             add_chunk_gram(&mut self.gram_lower, &mut self.scratch, &scaled, rows, c);
         }
     }
