@@ -5,8 +5,9 @@
 #   M2 activation-aware, uniform ranks   --uniform-ranks --no-compensation
 #   M3 + mixed ranks (sensitivity)       --no-compensation
 #   M4 + residual term (sparse, fc2)     --sparse $SPARSE --no-compensation
-#   M5 + compensation                    --sparse $SPARSE
+#   M5 + compensation                    --sparse $SPARSE   (residual-stream target: the default)
 #   M6 compensation without sparse       (the CLI defaults: whitened, mixed ranks, compensation)
+#   M7 M5 with layer-only targets        --sparse $SPARSE --no-residual-target
 # at Fashion-MNIST keep 0.4/0.2/0.1 (fmnist-deit-tiny, optionally fmnist-deit-small) and DINOv2
 # keep 0.7/0.6/0.5, each with its quality metric, file size and compression time; then the
 # "large to small" row (fmnist-deit-small compressed to fmnist-deit-tiny's parameter count).
@@ -38,7 +39,8 @@ ROWS=("M1 plain SVD, uniform|--method svd --uniform-ranks --no-compensation"
       "M3 + mixed ranks|--no-compensation"
       "M4 + sparse residual (fc2)|--sparse $SPARSE --no-compensation"
       "M5 + compensation|--sparse $SPARSE"
-      "M6 M3 + compensation (defaults)|")
+      "M6 M3 + compensation (defaults)|"
+      "M7 M5 with layer-only targets|--sparse $SPARSE --no-residual-target")
 
 # compress NAME MODEL CALIB EXTRA... -> $OUT/NAME.fvit; prints "seconds bytes"
 compress() {

@@ -151,18 +151,25 @@ impl Observer for LayerInputs {
     }
 }
 
+/// The LayerScale micro fixture (file bytes), its input pixels and session options for the
+/// whole input batch.
+fn layerscale_micro() -> (Vec<u8>, F32Tensor, SessionOptions) {
+    let bytes = fixture_model("timm-vit-avgpool-layerscale-micro");
+    let dir = fixture_dir("timm-vit-avgpool-layerscale-micro");
+    let input = read_tensor(&dir.join("input.safetensors"), "pixel_values");
+    let [b, _, h, w] = input.shape[..] else { panic!("pixel_values must be 4-D") };
+    let opts = SessionOptions { threads: 1, batch: b, image_size: [h, w], ..Default::default() };
+    (bytes, input, opts)
+}
+
 /// `run_block_until(i, last)` shows exactly the layer inputs `run_block(i)` shows, bit for
 /// bit, up to and including `last`'s, and none after it (the compressor's compensation relies
 /// on it to skip the rest of a block).
 #[test]
 fn a_block_run_until_a_layer_shows_the_same_inputs_up_to_it() {
     use factorvit::BlockLinear;
-    let bytes = fixture_model("timm-vit-avgpool-layerscale-micro");
+    let (bytes, input, opts) = layerscale_micro();
     let model = Model::from_bytes(&bytes).unwrap();
-    let dir = fixture_dir("timm-vit-avgpool-layerscale-micro");
-    let input = read_tensor(&dir.join("input.safetensors"), "pixel_values");
-    let [b, _, h, w] = input.shape[..] else { panic!("pixel_values must be 4-D") };
-    let opts = SessionOptions { threads: 1, batch: b, image_size: [h, w], ..Default::default() };
     for block in 0..model.config().depth {
         let mut full = model.session(opts.clone()).unwrap();
         full.embed(&input.data).unwrap();
@@ -187,6 +194,63 @@ fn a_block_run_until_a_layer_shows_the_same_inputs_up_to_it() {
                     "block {block} {:?}",
                     got.1
                 );
+            }
+        }
+    }
+}
+
+/// Records the residual streams a block shows (`residual_input`), its layer inputs and outputs.
+#[derive(Default)]
+struct ResidualPoints {
+    residual: Vec<(factorvit::BlockLinear, Vec<f32>)>,
+    inputs: Vec<(factorvit::BlockLinear, Vec<f32>)>,
+    output: Vec<f32>,
+}
+
+impl Observer for ResidualPoints {
+    fn residual_input(&mut self, _block: usize, which: factorvit::BlockLinear, x: &[f32], _rows: usize, _dim: usize) {
+        self.residual.push((which, x.to_vec()));
+    }
+    fn linear_input(&mut self, _block: usize, which: factorvit::BlockLinear, x: &[f32], _rows: usize, _cols: usize) {
+        self.inputs.push((which, x.to_vec()));
+    }
+    fn block_output(&mut self, _block: usize, x: &[f32], _rows: usize, _dim: usize) {
+        self.output = x.to_vec();
+    }
+}
+
+/// `residual_input` shows the block input before `proj` and, before `fc2`, the stream that
+/// `fc2`'s LayerScaled output is added to: block output = that stream + γ₂ ⊙ (W₂·h + b₂), checked
+/// with a naive product (the compressor's residual-stream targets rely on both points).
+#[test]
+fn residual_input_shows_the_stream_each_residual_branch_is_added_to() {
+    use factorvit::BlockLinear;
+    let (bytes, input, opts) = layerscale_micro();
+    let model = Model::from_bytes(&bytes).unwrap();
+    let mut session = model.session(opts).unwrap();
+    session.embed(&input.data).unwrap();
+    let d = model.config().embed_dim;
+    for block in 0..model.config().depth {
+        let stream = session.residual().to_vec();
+        let mut seen = ResidualPoints::default();
+        session.run_block(block, &mut seen);
+        let kinds: Vec<BlockLinear> = seen.residual.iter().map(|r| r.0).collect();
+        assert_eq!(kinds, [BlockLinear::Proj, BlockLinear::Fc2]);
+        assert_eq!(seen.residual[0].1, stream, "block {block}: proj's residual is the block input");
+        let fc2 = model.block_linear(block, BlockLinear::Fc2).unwrap();
+        let w2 = model.effective_weight(fc2);
+        let b2 = fc2.bias().unwrap();
+        let g2 = model.layer_scale(block, BlockLinear::Fc2).expect("fixture has LayerScale");
+        let hidden = &seen.inputs.iter().find(|x| x.0 == BlockLinear::Fc2).unwrap().1;
+        let n = hidden.len() / (seen.output.len() / d);
+        let mid = &seen.residual[1].1;
+        for (row, (out, mid)) in seen.output.chunks(d).zip(mid.chunks(d)).enumerate() {
+            let x = &hidden[row * n..(row + 1) * n];
+            for i in 0..d {
+                let y: f64 = (0..n).map(|j| f64::from(w2[i * n + j]) * f64::from(x[j])).sum::<f64>() + f64::from(b2[i]);
+                let want = f64::from(mid[i]) + f64::from(g2[i]) * y;
+                // f32 kernels against an f64 sum of ≤ a few hundred terms of size ~1.
+                assert!((f64::from(out[i]) - want).abs() < 1e-4, "block {block} row {row} ch {i}");
             }
         }
     }

@@ -107,9 +107,11 @@ fn budget_with_sparse_term_is_met() {
 fn compensation_never_increases_fit_loss_nor_validation_loss() {
     let (_, model) = micro_model();
     let data = calibration(&model, 64);
-    for keep in [0.15, 0.4] {
+    // Both targets: each layer's own output, and the residual-stream target of proj / fc2.
+    for (keep, residual_target) in [(0.15, false), (0.4, false), (0.15, true), (0.4, true)] {
         let opts = PipelineOptions {
             compensation_options: CompensationOptions { adam_steps: 30, ..CompensationOptions::default() },
+            residual_target,
             ..options(&model, keep)
         };
         let out = run(&model, &data, &opts);

@@ -89,6 +89,13 @@ pub trait Observer {
     fn linear_input(&mut self, block: usize, which: BlockLinear, x: &[f32], rows: usize, cols: usize) {
         let _ = (block, which, x, rows, cols);
     }
+    /// The residual stream that the output of `which` ([`BlockLinear::Proj`] or
+    /// [`BlockLinear::Fc2`]) is about to be added to (`rows × dim`), called just before that
+    /// layer's [`Observer::linear_input`]: the block input for `Proj`, the stream after the
+    /// attention branch for `Fc2`.
+    fn residual_input(&mut self, block: usize, which: BlockLinear, x: &[f32], rows: usize, dim: usize) {
+        let _ = (block, which, x, rows, dim);
+    }
     /// The residual stream after a block.
     fn block_output(&mut self, block: usize, x: &[f32], rows: usize, dim: usize) {
         let _ = (block, x, rows, dim);
@@ -622,6 +629,7 @@ impl<'m, 'a> Session<'m, 'a> {
             &mut bufs,
         );
         self.attention();
+        observer.residual_input(i, BlockLinear::Proj, &self.x[..rows * d], rows, d);
         observer.linear_input(i, BlockLinear::Proj, &self.ctx[..rows * d], rows, d);
         if last == Some(BlockLinear::Proj) {
             return;
@@ -670,6 +678,7 @@ impl<'m, 'a> Session<'m, 'a> {
             gelu,
             &mut bufs,
         );
+        observer.residual_input(i, BlockLinear::Fc2, &self.x[..rows * d], rows, d);
         observer.linear_input(i, BlockLinear::Fc2, &self.hidden[..rows * c.mlp_hidden], rows, c.mlp_hidden);
         if last == Some(BlockLinear::Fc2) {
             return;

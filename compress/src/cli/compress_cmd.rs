@@ -119,6 +119,11 @@ pub struct Args {
     /// Skip layer-wise error compensation
     #[arg(long)]
     pub no_compensation: bool,
+    /// Compensate attn.proj / mlp.fc2 towards their own outputs only, not the original block
+    /// outputs (by default they also cancel the residual stream's upstream error where their
+    /// inputs predict it; this flag is for ablations)
+    #[arg(long)]
+    pub no_residual_target: bool,
     /// Measure errors of attn.proj / mlp.fc2 before LayerScale instead of after it (ablation)
     #[arg(long)]
     pub no_layer_scale: bool,
@@ -295,6 +300,7 @@ pub fn pipeline_options(args: &Args, budget: usize, dtype: DType, global: &Globa
         compensation: !args.no_compensation,
         layer_scale_aware: !args.no_layer_scale,
         prefix_token_weight: args.prefix_token_weight,
+        residual_target: !args.no_residual_target,
         compensation_options: CompensationOptions {
             ridge_grid: args.ridge.clone(),
             adam_steps: args.adam_steps,

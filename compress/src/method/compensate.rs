@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use super::decompose::{fit_low_rank_sparse, Approximation, Metric, WhitenedSvd};
 use super::linalg::{self, Matrix};
-use super::stats::PairMoments;
+use super::stats::{DriftMoments, PairMoments};
 use super::MethodError;
 
 /// The loss `L` of a split, precomputed from its moments.
@@ -63,6 +63,31 @@ impl SplitLoss {
             .map(|i| (0..w.ncols()).map(|j| w[(i, j)] * mean_o[j]).sum::<f64>() + bias.map_or(0.0, |b| b[i]))
             .collect();
         SplitLoss { cov_c, cross, target_variance, mean_c: moments.c.mean(), target_mean }
+    }
+
+    /// The loss with a residual-stream target: the layer's output is added to a residual stream
+    /// that already differs from the original model's by `δ = h_o − h_c` (in the layer's output
+    /// units), so the block output is reproduced when `Ŵ x_c + b̂ = W x_o + b + δ`; minimising
+    ///
+    /// `E‖Ŵ x_c + b̂ − W x_o − b − δ‖²`
+    ///
+    /// also cancels the part of the upstream error that `x_c` can predict. Only the target's
+    /// moments change: `W C_oc → W C_oc + C_δc`, `W μ_o + b → W μ_o + b + μ_δ`, and its variance
+    /// gains `2 tr(W C_oδ) + tr C_δδ`. `w` is the layer's weight (as passed to the constructor),
+    /// `moments` the same pair moments, `drift` accumulated over the same rows.
+    pub fn with_drift(mut self, w: &Matrix, moments: &PairMoments, drift: &DriftMoments) -> SplitLoss {
+        let cov_cd = drift.cross_covariance_c(&moments.c.mean()); // n × m
+        let cov_od = drift.cross_covariance_o(&moments.o.mean()); // n × m
+        for i in 0..self.cross.nrows() {
+            for j in 0..self.cross.ncols() {
+                self.cross[(i, j)] += cov_cd[(j, i)];
+            }
+        }
+        for (t, d) in self.target_mean.iter_mut().zip(drift.mean()) {
+            *t += d;
+        }
+        self.target_variance += 2.0 * linalg::inner(w.as_ref(), cov_od.transpose()) + drift.trace_covariance();
+        self
     }
 
     /// `L(Ŵ, b̂)` per token.
@@ -494,5 +519,57 @@ mod tests {
                 assert!(va <= vb, "validation loss increased: {vb} -> {va}");
             }
         }
+    }
+
+    #[test]
+    fn residual_stream_target_equals_the_brute_force_loss() {
+        // Rows of (x_c, x_o, δ) with δ partly predictable from x_c: the factored loss with drift
+        // must equal the per-row mean of ‖Ŵ x_c + b̂ − W x_o − b − δ‖², and compensation on it
+        // must lower it.
+        let (m, n, rows) = (4, 5, 300);
+        let (xc, xo) = streams(rows, n, 31, 0.2);
+        let mut rng = SplitMix64::new(32);
+        let mix = Mat::from_fn(m, n, |_, _| 0.3 * rng.normal());
+        let delta: Vec<f32> = (0..rows * m)
+            .map(|k| {
+                let (r, i) = (k / m, k % m);
+                let pred: f64 = (0..n).map(|j| mix[(i, j)] * f64::from(xc[r * n + j])).sum();
+                (pred + 0.1 * rng.normal() + 0.05) as f32
+            })
+            .collect();
+        let pm = moments(&xc, &xo, n);
+        let mut drift = DriftMoments::new(n, m);
+        drift.add(&xc, &xo, &delta, rows);
+        let w = Mat::from_fn(m, n, |_, _| rng.normal());
+        let bias: Vec<f64> = (0..m).map(|_| rng.normal()).collect();
+        let loss = SplitLoss::new(&w, Some(&bias), &pm).with_drift(&w, &pm, &drift);
+        let brute = |w_hat: &Matrix, b_hat: &[f64]| -> f64 {
+            (0..rows)
+                .map(|r| {
+                    (0..m)
+                        .map(|i| {
+                            let y: f64 =
+                                (0..n).map(|j| w_hat[(i, j)] * f64::from(xc[r * n + j])).sum::<f64>() + b_hat[i];
+                            let t: f64 = (0..n).map(|j| w[(i, j)] * f64::from(xo[r * n + j])).sum::<f64>()
+                                + bias[i]
+                                + f64::from(delta[r * m + i]);
+                            (y - t) * (y - t)
+                        })
+                        .sum::<f64>()
+                })
+                .sum::<f64>()
+                / rows as f64
+        };
+        let start = start_candidate(&w, &bias, &pm, 2);
+        let dense = start.approx.dense();
+        let (got, want) = (loss.loss(&dense, &start.bias), brute(&dense, &start.bias));
+        // f32 chunk products against f64 row sums: 1e-5 relative.
+        assert!((got - want).abs() <= 1e-5 * want, "{got} vs {want}");
+        let opts = CompensationOptions { ridge_grid: vec![0.0], ..CompensationOptions::default() };
+        let out = compensate_layer_with(&start, &loss, None, &opts).unwrap();
+        assert!(out.accepted);
+        let after = brute(&out.result.approx.dense(), &out.result.bias);
+        assert!((out.fit_after - after).abs() <= 1e-5 * after.max(1e-9));
+        assert!(after < 0.9 * want, "compensation should absorb the predictable drift: {want} -> {after}");
     }
 }

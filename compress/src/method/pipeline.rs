@@ -30,7 +30,7 @@ use super::decompose::{self, Approximation, Metric, WhitenedSvd};
 use super::linalg::{self, Matrix};
 use super::report::{LayerReport, Report};
 use super::rng::SplitMix64;
-use super::stats::{Moments, PairMoments};
+use super::stats::{DriftMoments, Moments, PairMoments};
 use super::MethodError;
 
 /// How a layer's factors are computed.
@@ -91,6 +91,12 @@ pub struct PipelineOptions {
     /// token counts the same). The class token is what the head or pooler reads, and in deep
     /// blocks patch tokens attend to it heavily, so it is worth more than one of ~200 tokens.
     pub prefix_token_weight: f64,
+    /// Compensation targets of `attn.proj` and `mlp.fc2` (the layers whose output is added to
+    /// the residual stream) include the stream's drift `h_o − h_c` at that point, so those
+    /// layers also cancel what they can of the upstream error (block-output reconstruction;
+    /// see `compensate::SplitLoss::with_drift`). Off: every layer targets only its own output
+    /// (the earlier behaviour, kept for ablations).
+    pub residual_target: bool,
     /// Options of the compensation.
     pub compensation_options: CompensationOptions,
     /// Ridge added to the input covariance for the decomposition (fraction of its mean
@@ -156,6 +162,7 @@ impl Default for PipelineOptions {
             compensation: true,
             layer_scale_aware: true,
             prefix_token_weight: 1.0,
+            residual_target: true,
             compensation_options: CompensationOptions::default(),
             whitening_ridge: vec![0.0],
             validation_fraction: 0.2,
@@ -417,17 +424,85 @@ fn prefix_tokens(cfg: &factorvit::ModelConfig) -> usize {
     usize::from(cfg.class_token) + usize::from(cfg.dist_token)
 }
 
+/// Activations captured from one block: the four layer inputs and, if asked, the residual
+/// streams that `proj`'s and `fc2`'s outputs are added to.
+struct Captured {
+    inputs: Vec<Vec<f32>>,
+    residuals: [Vec<f32>; 2],
+}
+
+impl Captured {
+    fn new() -> Captured {
+        Captured { inputs: vec![Vec::new(); 4], residuals: [Vec::new(), Vec::new()] }
+    }
+}
+
+/// Index in [`Captured::residuals`] of a layer that writes into the residual stream.
+fn residual_index(which: BlockLinear) -> Option<usize> {
+    match which {
+        BlockLinear::Proj => Some(0),
+        BlockLinear::Fc2 => Some(1),
+        BlockLinear::Qkv | BlockLinear::Fc1 => None,
+    }
+}
+
 struct CaptureObserver<'a> {
     which: Option<BlockLinear>,
-    out: &'a mut [Vec<f32>],
+    out: &'a mut Captured,
+    residuals: bool,
 }
 
 impl Observer for CaptureObserver<'_> {
     fn linear_input(&mut self, _block: usize, which: BlockLinear, x: &[f32], _rows: usize, _cols: usize) {
         if self.which.map_or(true, |w| w == which) {
-            self.out[which as usize].extend_from_slice(x);
+            self.out.inputs[which as usize].extend_from_slice(x);
         }
     }
+    fn residual_input(&mut self, _block: usize, which: BlockLinear, x: &[f32], _rows: usize, _dim: usize) {
+        if let (true, Some(i)) = (self.residuals && self.which.map_or(true, |w| w == which), residual_index(which)) {
+            self.out.residuals[i].extend_from_slice(x);
+        }
+    }
+}
+
+/// Per-channel factors that map a residual-stream difference into the units of a layer's loss:
+/// `1/γ` when the model scales the layer by a LayerScale `γ` that the loss leaves out
+/// (`layer_scale_aware` off), else none (the loss is in residual-stream units already).
+fn drift_scale(model: &Model<'_>, block: usize, which: BlockLinear, opts: &PipelineOptions) -> Option<Vec<f32>> {
+    if opts.layer_scale_aware {
+        return None;
+    }
+    let g = model.layer_scale(block, which)?;
+    let floor = g.iter().map(|v| v.abs()).fold(0.0f32, f32::max) * 1e-6;
+    Some(g.iter().map(|&v| 1.0 / if v.abs() < floor { floor.max(f32::MIN_POSITIVE) } else { v }).collect())
+}
+
+/// Moments of the drift `δ = h_o − h_c` with the layer inputs of the same rows (prefix tokens
+/// weighted as in every other statistic).
+fn drift_moments(
+    xc: &[f32],
+    xo: &[f32],
+    (h_o, h_c): (&[f32], &[f32]),
+    (width, dim): (usize, usize),
+    scale: Option<&[f32]>,
+    (images, prefix, extra): (usize, usize, f64),
+) -> DriftMoments {
+    let delta: Vec<f32> =
+        h_o.iter().zip(h_c).enumerate().map(|(k, (o, c))| scale.map_or(o - c, |g| (o - c) * g[k % dim])).collect();
+    let mut dm = DriftMoments::new(width, dim);
+    let chunk = 4096;
+    for ((cc, oo), dd) in xc.chunks(chunk * width).zip(xo.chunks(chunk * width)).zip(delta.chunks(chunk * dim)) {
+        dm.add(cc, oo, dd, cc.len() / width);
+    }
+    if extra > 0.0 && images > 0 {
+        let rows = xc.len() / width;
+        let tokens = rows / images;
+        let (pc, n) = prefix_rows(xc, rows, width, tokens, prefix);
+        let (po, _) = prefix_rows(xo, rows, width, tokens, prefix);
+        let (pd, _) = prefix_rows(&delta, rows, dim, tokens, prefix);
+        dm.add_weighted(&pc, &po, &pd, n, extra);
+    }
+    dm
 }
 
 fn which_index(w: BlockLinear) -> usize {
@@ -1188,9 +1263,10 @@ fn compensate_model(
     for block in 0..cfg.depth {
         // Original inputs of the four layers, all images of each split.
         let t = Instant::now();
-        let mut captured_o: [Vec<Vec<f32>>; 2] = [vec![Vec::new(); 4], vec![Vec::new(); 4]];
+        let mut captured_o = [Captured::new(), Captured::new()];
         for s in 0..2 {
-            capture(model, calib, split_ids[s], &mut streams_o[s], block, opts, None, &mut captured_o[s], true)?;
+            let (ids, stream, out) = (split_ids[s], &mut streams_o[s], &mut captured_o[s]);
+            capture(model, calib, ids, stream, block, opts, None, out, true, opts.residual_target)?;
         }
         times[0] += t.elapsed().as_secs_f64();
         for which in BlockLinear::ALL {
@@ -1198,22 +1274,32 @@ fn compensate_model(
             let Some(start) = &starts[k] else { continue };
             let width = input_width(&cfg, which);
             let mut pairs: Vec<PairMoments> = Vec::with_capacity(2);
+            let mut drifts: Vec<DriftMoments> = Vec::with_capacity(2);
+            let drift_at = residual_index(which).filter(|_| opts.residual_target);
             let t = Instant::now();
             for s in 0..2 {
-                let mut captured_c: Vec<Vec<f32>> = vec![Vec::new(); 4];
+                let mut captured_c = Captured::new();
+                let (ids, stream) = (split_ids[s], &mut streams_c[s]);
                 capture(
                     &compressed,
                     calib,
-                    split_ids[s],
-                    &mut streams_c[s],
+                    ids,
+                    stream,
                     block,
                     opts,
                     Some(which),
                     &mut captured_c,
                     false,
+                    drift_at.is_some(),
                 )?;
-                let xc = &captured_c[which_index(which)];
-                let xo = &captured_o[s][which_index(which)];
+                let xc = &captured_c.inputs[which_index(which)];
+                let xo = &captured_o[s].inputs[which_index(which)];
+                if let Some(ri) = drift_at {
+                    let streams = (captured_o[s].residuals[ri].as_slice(), captured_c.residuals[ri].as_slice());
+                    let scale = drift_scale(model, block, which, opts);
+                    let prefix = (ids.len(), prefix_tokens(&cfg), (opts.prefix_token_weight - 1.0).max(0.0));
+                    drifts.push(drift_moments(xc, xo, streams, (width, cfg.embed_dim), scale.as_deref(), prefix));
+                }
                 let mut pm = PairMoments::without_target_gram(width);
                 for (cc, oo) in xc.chunks(4096 * width).zip(xo.chunks(4096 * width)) {
                     pm.add(cc, oo, cc.len() / width);
@@ -1232,8 +1318,13 @@ fn compensate_model(
             let t = Instant::now();
             let (w, bias) = scaled_layer_weight(model, block, which, opts)?;
             let (fit_variance, val_variance) = target_variances[k];
-            let fit_loss = SplitLoss::with_target_variance(&w, bias.as_deref(), &pairs[0], fit_variance);
-            let val_loss = SplitLoss::with_target_variance(&w, bias.as_deref(), &pairs[1], val_variance.unwrap_or(0.0));
+            let mut fit_loss = SplitLoss::with_target_variance(&w, bias.as_deref(), &pairs[0], fit_variance);
+            let mut val_loss =
+                SplitLoss::with_target_variance(&w, bias.as_deref(), &pairs[1], val_variance.unwrap_or(0.0));
+            if let [fit_drift, val_drift] = &drifts[..] {
+                fit_loss = fit_loss.with_drift(&w, &pairs[0], fit_drift);
+                val_loss = val_loss.with_drift(&w, &pairs[1], val_drift);
+            }
             let out = compensate::compensate_layer_with(start, &fit_loss, Some(&val_loss), &opts.compensation_options)?;
             let rep = &mut reports[k];
             rep.compensation_fit_before = Some(out.fit_before / out.fit_target_variance.max(f64::MIN_POSITIVE));
@@ -1272,8 +1363,9 @@ fn capture(
     block: usize,
     opts: &PipelineOptions,
     which: Option<BlockLinear>,
-    out: &mut [Vec<f32>],
+    out: &mut Captured,
     advance_stream: bool,
+    residuals: bool,
 ) -> Result<(), MethodError> {
     if ids.is_empty() {
         return Ok(());
@@ -1288,7 +1380,7 @@ fn capture(
         let range = chunk_i * opts.batch..chunk_i * opts.batch + chunk.len();
         session.embed(&calib.gather(chunk))?;
         session.residual_mut().copy_from_slice(stream.images(range.clone()));
-        let mut observer = CaptureObserver { which, out };
+        let mut observer = CaptureObserver { which, out, residuals };
         match which {
             // Only this layer's input is wanted and the stream stays where it is: stop the block
             // there (for the compressed model's captures during compensation this skips 60 % of

@@ -27,7 +27,9 @@ pub struct LayerReport {
     pub error_fit: f64,
     /// Same on the validation split.
     pub error_val: Option<f64>,
-    /// Compensation loss on the compressed model's inputs, fit split, before / after (relative).
+    /// Compensation loss on the compressed model's inputs, fit split, before / after, relative to
+    /// the target's variance (for `proj` / `fc2` with the residual-stream target, the target is
+    /// the layer's original output plus the stream's drift, and so is its variance).
     pub compensation_fit_before: Option<f64>,
     /// After compensation.
     pub compensation_fit_after: Option<f64>,

@@ -5,6 +5,8 @@
 //! accumulator: f32 rounding is confined to sums of one chunk, while the sum over the whole
 //! calibration set (hundreds of thousands of rows) is carried in f64.
 
+use std::borrow::Cow;
+
 use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, MatRef};
@@ -55,6 +57,16 @@ fn add_chunk_gram(acc: &mut Matrix, scratch: &mut Mat<f32>, x: &[f32], rows: usi
         for i in j..cols {
             acc[(i, j)] += f64::from(scratch[(i, j)]);
         }
+    }
+}
+
+/// `√weight · x` (borrowed as is for weight 1).
+fn scaled_rows(x: &[f32], weight: f64) -> Cow<'_, [f32]> {
+    if weight == 1.0 {
+        Cow::Borrowed(x)
+    } else {
+        let root = weight.sqrt() as f32;
+        Cow::Owned(x.iter().map(|v| v * root).collect())
     }
 }
 
@@ -242,6 +254,92 @@ impl PairMoments {
     }
 }
 
+/// Moments of the residual-stream drift `δ = h_o − h_c` (the original model's stream minus the
+/// compressed model's, at the point where a layer's output is added) jointly with that layer's
+/// inputs `x_c`, `x_o` for the same tokens: what a residual-stream target needs (see
+/// `compensate::SplitLoss::with_drift`).
+#[derive(Debug, Clone)]
+pub struct DriftMoments {
+    /// Number of rows accumulated (weighted).
+    pub count: f64,
+    /// `Σ δ`.
+    pub sum: Vec<f64>,
+    /// `Σ ‖δ‖²`.
+    pub sum_sq: f64,
+    /// `X_cᵀ Δ` (`n × d`).
+    cross_c: Matrix,
+    /// `X_oᵀ Δ` (`n × d`).
+    cross_o: Matrix,
+    scratch: Mat<f32>,
+}
+
+impl DriftMoments {
+    /// Empty statistics for `cols`-wide layer inputs and a `dim`-wide stream.
+    pub fn new(cols: usize, dim: usize) -> DriftMoments {
+        DriftMoments {
+            count: 0.0,
+            sum: vec![0.0; dim],
+            sum_sq: 0.0,
+            cross_c: Mat::zeros(cols, dim),
+            cross_o: Mat::zeros(cols, dim),
+            scratch: Mat::zeros(0, 0),
+        }
+    }
+
+    /// Adds aligned rows: layer inputs `xc`, `xo` (`rows × cols`) and drift `delta` (`rows × dim`).
+    pub fn add(&mut self, xc: &[f32], xo: &[f32], delta: &[f32], rows: usize) {
+        self.add_weighted(xc, xo, delta, rows, 1.0);
+    }
+
+    /// Adds aligned rows with weight `weight` each (see [`Moments::add_weighted`]).
+    pub fn add_weighted(&mut self, xc: &[f32], xo: &[f32], delta: &[f32], rows: usize, weight: f64) {
+        let (cols, dim) = (self.cross_c.nrows(), self.sum.len());
+        debug_assert_eq!((xc.len(), xo.len(), delta.len()), (rows * cols, rows * cols, rows * dim));
+        if rows == 0 || weight <= 0.0 {
+            return;
+        }
+        self.count += weight * rows as f64;
+        let mut sums = vec![0.0f64; dim];
+        add_sums(&mut sums, delta, rows, dim);
+        for (s, v) in self.sum.iter_mut().zip(&sums) {
+            *s += weight * v;
+        }
+        self.sum_sq += weight * delta.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+        // Rows of weight w enter the products as √w·x and √w·δ.
+        let (xc, xo, delta) = (scaled_rows(xc, weight), scaled_rows(xo, weight), scaled_rows(delta, weight));
+        add_chunk_product(&mut self.cross_c, &mut self.scratch, &xc, &delta, rows, cols, dim);
+        add_chunk_product(&mut self.cross_o, &mut self.scratch, &xo, &delta, rows, cols, dim);
+    }
+
+    /// Mean drift `μ_δ`.
+    pub fn mean(&self) -> Vec<f64> {
+        let n = self.count.max(1.0);
+        self.sum.iter().map(|s| s / n).collect()
+    }
+
+    /// `tr Cov(δ) = E‖δ‖² − ‖μ_δ‖²` per row.
+    pub fn trace_covariance(&self) -> f64 {
+        let mu = self.mean();
+        (self.sum_sq / self.count.max(1.0) - mu.iter().map(|m| m * m).sum::<f64>()).max(0.0)
+    }
+
+    /// `Cov(x_c, δ) = X_cᵀΔ/N − μ_c μ_δᵀ` (`n × d`) for the compressed inputs' mean `mean_c`.
+    pub fn cross_covariance_c(&self, mean_c: &[f64]) -> Matrix {
+        self.centred(&self.cross_c, mean_c)
+    }
+
+    /// `Cov(x_o, δ)` (`n × d`) for the original inputs' mean `mean_o`.
+    pub fn cross_covariance_o(&self, mean_o: &[f64]) -> Matrix {
+        self.centred(&self.cross_o, mean_o)
+    }
+
+    fn centred(&self, product: &Matrix, mean_x: &[f64]) -> Matrix {
+        let n = self.count.max(1.0);
+        let mu = self.mean();
+        Mat::from_fn(product.nrows(), product.ncols(), |i, j| product[(i, j)] / n - mean_x[i] * mu[j])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +417,46 @@ mod tests {
             assert_eq!(mean_only.mean(), m.mean());
             assert_eq!(mean_only.count, m.count);
             assert!(mean_only.gram().col_iter().all(|c| c.iter().all(|v| *v == 0.0)));
+        }
+    }
+
+    #[test]
+    fn drift_moments_match_naive_sums_with_weights() {
+        let mut rng = super::super::rng::SplitMix64::new(5);
+        let (rows, cols, dim) = (29usize, 6usize, 3usize);
+        let xc: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32 + 0.2).collect();
+        let xo: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32 - 0.1).collect();
+        let dl: Vec<f32> = (0..rows * dim).map(|_| rng.normal() as f32 * 0.5 + 0.3).collect();
+        // Rows 0..5 count 3 times (once plus weight 2), the rest once.
+        let mut m = DriftMoments::new(cols, dim);
+        m.add(&xc, &xo, &dl, rows);
+        m.add_weighted(&xc[..5 * cols], &xo[..5 * cols], &dl[..5 * dim], 5, 2.0);
+        let w = |r: usize| if r < 5 { 3.0 } else { 1.0 };
+        let total: f64 = (0..rows).map(w).sum();
+        let mean =
+            |x: &[f32], c: usize, j: usize| (0..rows).map(|r| w(r) * f64::from(x[r * c + j])).sum::<f64>() / total;
+        let (mu_c, mu_o): (Vec<f64>, Vec<f64>) =
+            ((0..cols).map(|j| mean(&xc, cols, j)).collect(), (0..cols).map(|j| mean(&xo, cols, j)).collect());
+        let mu_d: Vec<f64> = (0..dim).map(|j| mean(&dl, dim, j)).collect();
+        assert!((m.count - total).abs() < 1e-12);
+        for (got, want) in m.mean().iter().zip(&mu_d) {
+            assert!((got - want).abs() < 1e-6);
+        }
+        let naive_tr: f64 = (0..rows)
+            .map(|r| w(r) * (0..dim).map(|j| (f64::from(dl[r * dim + j]) - mu_d[j]).powi(2)).sum::<f64>())
+            .sum::<f64>()
+            / total;
+        assert!((m.trace_covariance() - naive_tr).abs() < 1e-6, "{} vs {naive_tr}", m.trace_covariance());
+        for (x, mu_x, got) in [(&xc, &mu_c, m.cross_covariance_c(&mu_c)), (&xo, &mu_o, m.cross_covariance_o(&mu_o))] {
+            for i in 0..cols {
+                for j in 0..dim {
+                    let naive: f64 = (0..rows)
+                        .map(|r| w(r) * (f64::from(x[r * cols + i]) - mu_x[i]) * (f64::from(dl[r * dim + j]) - mu_d[j]))
+                        .sum::<f64>()
+                        / total;
+                    assert!((got[(i, j)] - naive).abs() < 1e-5, "({i},{j}): {} vs {naive}", got[(i, j)]);
+                }
+            }
         }
     }
 }
