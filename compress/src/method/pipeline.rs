@@ -472,9 +472,7 @@ fn drift_scale(model: &Model<'_>, block: usize, which: BlockLinear, opts: &Pipel
     if opts.layer_scale_aware {
         return None;
     }
-    let g = model.layer_scale(block, which)?;
-    let floor = g.iter().map(|v| v.abs()).fold(0.0f32, f32::max) * 1e-6;
-    Some(g.iter().map(|&v| 1.0 / if v.abs() < floor { floor.max(f32::MIN_POSITIVE) } else { v }).collect())
+    Some(clamped_layer_scale(model, block, which)?.iter().map(|&g| (1.0 / g) as f32).collect())
 }
 
 /// Moments of the drift `δ = h_o − h_c` with the layer inputs of the same rows (prefix tokens
@@ -624,8 +622,13 @@ fn output_scale(model: &Model<'_>, block: usize, which: BlockLinear, opts: &Pipe
     if !opts.layer_scale_aware {
         return None;
     }
+    clamped_layer_scale(model, block, which)
+}
+
+/// A layer's LayerScale `γ` with entries below `1e-6·max|γ|` raised to that floor: a zero `γ`
+/// would make dividing by it singular; such channels carry no output anyway.
+fn clamped_layer_scale(model: &Model<'_>, block: usize, which: BlockLinear) -> Option<Vec<f64>> {
     let g = model.layer_scale(block, which)?;
-    // A zero γ would make the un-scaling singular; such channels carry no output anyway.
     let floor = g.iter().map(|v| v.abs()).fold(0.0f32, f32::max) as f64 * 1e-6;
     Some(g.iter().map(|&v| if (v as f64).abs() < floor { floor.max(f64::MIN_POSITIVE) } else { v as f64 }).collect())
 }
@@ -1276,6 +1279,7 @@ fn compensate_model(
             let mut pairs: Vec<PairMoments> = Vec::with_capacity(2);
             let mut drifts: Vec<DriftMoments> = Vec::with_capacity(2);
             let drift_at = residual_index(which).filter(|_| opts.residual_target);
+            let scale = drift_at.and_then(|_| drift_scale(model, block, which, opts));
             let t = Instant::now();
             for s in 0..2 {
                 let mut captured_c = Captured::new();
@@ -1296,7 +1300,6 @@ fn compensate_model(
                 let xo = &captured_o[s].inputs[which_index(which)];
                 if let Some(ri) = drift_at {
                     let streams = (captured_o[s].residuals[ri].as_slice(), captured_c.residuals[ri].as_slice());
-                    let scale = drift_scale(model, block, which, opts);
                     let prefix = (ids.len(), prefix_tokens(&cfg), (opts.prefix_token_weight - 1.0).max(0.0));
                     drifts.push(drift_moments(xc, xo, streams, (width, cfg.embed_dim), scale.as_deref(), prefix));
                 }

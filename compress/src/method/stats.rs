@@ -78,6 +78,15 @@ fn add_sums(sum: &mut [f64], x: &[f32], rows: usize, cols: usize) {
     }
 }
 
+/// `sum += weight · Σ_rows x` (the rows summed in f64 first, then weighted).
+fn add_weighted_sums(sum: &mut [f64], x: &[f32], rows: usize, cols: usize, weight: f64) {
+    let mut sums = vec![0.0f64; cols];
+    add_sums(&mut sums, x, rows, cols);
+    for (s, v) in sum.iter_mut().zip(&sums) {
+        *s += weight * v;
+    }
+}
+
 /// Moments of one activation stream `X` (rows = tokens): `Σx`, `XᵀX`, row count.
 #[derive(Debug, Clone)]
 pub struct Moments {
@@ -152,15 +161,9 @@ impl Moments {
             return;
         }
         self.count += weight * rows as f64;
-        let mut sums = vec![0.0f64; c];
-        add_sums(&mut sums, x, rows, c);
-        for (s, v) in self.sum.iter_mut().zip(&sums) {
-            *s += weight * v;
-        }
-        let root = weight.sqrt() as f32;
-        let scaled: Vec<f32> = x.iter().map(|v| v * root).collect();
+        add_weighted_sums(&mut self.sum, x, rows, c, weight);
         if self.with_gram() {
-            add_chunk_gram(&mut self.gram_lower, &mut self.scratch, &scaled, rows, c);
+            add_chunk_gram(&mut self.gram_lower, &mut self.scratch, &scaled_rows(x, weight), rows, c);
         }
     }
 
@@ -239,9 +242,7 @@ impl PairMoments {
         }
         self.c.add_weighted(xc, rows, weight);
         self.o.add_weighted(xo, rows, weight);
-        let root = weight.sqrt() as f32;
-        let sc: Vec<f32> = xc.iter().map(|v| v * root).collect();
-        let so: Vec<f32> = xo.iter().map(|v| v * root).collect();
+        let (sc, so) = (scaled_rows(xc, weight), scaled_rows(xo, weight));
         add_chunk_product(&mut self.cross, &mut self.scratch, &sc, &so, rows, c, c);
     }
 
@@ -299,11 +300,7 @@ impl DriftMoments {
             return;
         }
         self.count += weight * rows as f64;
-        let mut sums = vec![0.0f64; dim];
-        add_sums(&mut sums, delta, rows, dim);
-        for (s, v) in self.sum.iter_mut().zip(&sums) {
-            *s += weight * v;
-        }
+        add_weighted_sums(&mut self.sum, delta, rows, dim, weight);
         self.sum_sq += weight * delta.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
         // Rows of weight w enter the products as √w·x and √w·δ.
         let (xc, xo, delta) = (scaled_rows(xc, weight), scaled_rows(xo, weight), scaled_rows(delta, weight));
