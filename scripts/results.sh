@@ -14,7 +14,9 @@
 #
 # Usage: scripts/results.sh [OUT_DIR]      (environment: SHARED, FMNIST, MODELS, STEPS, SPARSE,
 #                                          CALIB_COUNT, DINO_CROPS, DINO_KEEPS, THREADS)
-# STEPS selects parts: "fmnist dino small2tiny" (default: all three).
+# STEPS selects parts: "fmnist dino small2tiny" (default: all three); ROW_IDS selects ablation
+# rows by number (default: "1 2 3 4 5 6 7"), e.g. ROW_IDS="1 2 3 4" for the rows without
+# compensation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-target/results}"
@@ -27,6 +29,7 @@ CALIB_COUNT="${CALIB_COUNT:-256}"
 DINO_CROPS="${DINO_CROPS:-8}"
 DINO_KEEPS="${DINO_KEEPS:-0.7 0.6 0.5}"
 THREADS="${THREADS:-0}"
+ROW_IDS="${ROW_IDS:-1 2 3 4 5 6 7}"
 mkdir -p "$OUT"
 cargo build --release -p factorvit-compress --bin factorvit >&2
 BIN="${CARGO_TARGET_DIR:-target}/release/factorvit"
@@ -41,6 +44,7 @@ ROWS=("M1 plain SVD, uniform|--method svd --uniform-ranks --no-compensation"
       "M5 + compensation|--sparse $SPARSE"
       "M6 M3 + compensation (defaults)|"
       "M7 M5 with layer-only targets|--sparse $SPARSE --no-residual-target")
+selected() { [[ " $ROW_IDS " == *" $(( $1 + 1 )) "* ]]; }
 
 # compress NAME MODEL CALIB EXTRA... -> $OUT/NAME.fvit; prints "seconds bytes"
 compress() {
@@ -67,6 +71,7 @@ if [[ " $STEPS " == *" fmnist "* ]]; then
     for keep in 0.4 0.2 0.1; do
       names=(); infos=()
       for i in "${!ROWS[@]}"; do
+        selected "$i" || continue
         label="${ROWS[$i]%%|*}"; flags="${ROWS[$i]#*|}"
         name="$m-k$keep-M$((i + 1))"
         # shellcheck disable=SC2086
@@ -102,6 +107,7 @@ if [[ " $STEPS " == *" dino "* ]]; then
   for keep in $DINO_KEEPS; do
     names=(); infos=()
     for i in "${!ROWS[@]}"; do
+      selected "$i" || continue
       label="${ROWS[$i]%%|*}"; flags="${ROWS[$i]#*|}"
       name="dinov2-k$keep-M$((i + 1))"
       # shellcheck disable=SC2086

@@ -24,19 +24,20 @@ use rayon::prelude::*;
 
 use super::decompose::{fit_low_rank_sparse, Approximation, Metric, WhitenedSvd};
 use super::linalg::{self, Matrix};
-use super::stats::{DriftMoments, PairMoments};
+use super::stats::{Moments, PairMoments, TargetMoments};
 use super::MethodError;
 
 /// The loss `L` of a split, precomputed from its moments.
 #[derive(Debug, Clone)]
 pub struct SplitLoss {
     cov_c: Matrix,
-    /// `W·C_oc` (`m × n`).
+    /// `Cov(t, x_c)` for the target `t` (`m × n`): `W·C_oc` for the layer's own output.
     cross: Matrix,
-    /// `tr(W C_oo Wᵀ)`: the variance of the original layer's outputs (normalises reports).
+    /// `tr Cov(t)`: the variance of the target (normalises reports); `tr(W C_oo Wᵀ)` for the
+    /// layer's own output.
     pub target_variance: f64,
     mean_c: Vec<f64>,
-    /// `W μ_o + b`.
+    /// `μ_t`: `W μ_o + b` for the layer's own output.
     target_mean: Vec<f64>,
 }
 
@@ -65,29 +66,25 @@ impl SplitLoss {
         SplitLoss { cov_c, cross, target_variance, mean_c: moments.c.mean(), target_mean }
     }
 
-    /// The loss with a residual-stream target: the layer's output is added to a residual stream
-    /// that already differs from the original model's by `δ = h_o − h_c` (in the layer's output
-    /// units), so the block output is reproduced when `Ŵ x_c + b̂ = W x_o + b + δ`; minimising
+    /// The loss towards an explicit per-token target `t`: `L = E‖Ŵ x_c + b̂ − t‖²`
+    /// `= tr(Ŵ C_cc Ŵᵀ) − 2⟨Ŵ, C_tc⟩ + tr C_tt + ‖Ŵ μ_c + b̂ − μ_t‖²`.
     ///
-    /// `E‖Ŵ x_c + b̂ − W x_o − b − δ‖²`
-    ///
-    /// also cancels the part of the upstream error that `x_c` can predict. Only the target's
-    /// moments change: `W C_oc → W C_oc + C_δc`, `W μ_o + b → W μ_o + b + μ_δ`, and its variance
-    /// gains `2 tr(W C_oδ) + tr C_δδ`. `w` is the layer's weight (as passed to the constructor),
-    /// `moments` the same pair moments, `drift` accumulated over the same rows.
-    pub fn with_drift(mut self, w: &Matrix, moments: &PairMoments, drift: &DriftMoments) -> SplitLoss {
-        let cov_cd = drift.cross_covariance_c(&moments.c.mean()); // n × m
-        let cov_od = drift.cross_covariance_o(&moments.o.mean()); // n × m
-        for i in 0..self.cross.nrows() {
-            for j in 0..self.cross.ncols() {
-                self.cross[(i, j)] += cov_cd[(j, i)];
-            }
+    /// The residual-stream target: a layer whose output is added to a residual stream that
+    /// already differs from the original model's by `δ = h_o − h_c` reproduces the block output
+    /// when `Ŵ x_c + b̂ = W x_o + b + δ = h_o' − h_c`, with `h_o'` the original stream after the
+    /// addition. Fitting that also cancels the part of the upstream error that `x_c` can
+    /// predict, and needs no product with `X_o` at all. `inputs` are the moments of `x_c`
+    /// (with a Gram matrix), `target` those of `t` over the same rows.
+    pub fn towards_target(inputs: &Moments, target: &TargetMoments) -> SplitLoss {
+        let mean_c = inputs.mean();
+        let cross = target.cross_covariance(&mean_c).transpose().to_owned();
+        SplitLoss {
+            cov_c: inputs.covariance(),
+            cross,
+            target_variance: target.trace_covariance(),
+            mean_c,
+            target_mean: target.mean(),
         }
-        for (t, d) in self.target_mean.iter_mut().zip(drift.mean()) {
-            *t += d;
-        }
-        self.target_variance += 2.0 * linalg::inner(w.as_ref(), cov_od.transpose()) + drift.trace_covariance();
-        self
     }
 
     /// `L(Ŵ, b̂)` per token.
@@ -523,9 +520,9 @@ mod tests {
 
     #[test]
     fn residual_stream_target_equals_the_brute_force_loss() {
-        // Rows of (x_c, x_o, δ) with δ partly predictable from x_c: the factored loss with drift
-        // must equal the per-row mean of ‖Ŵ x_c + b̂ − W x_o − b − δ‖², and compensation on it
-        // must lower it.
+        // Rows of (x_c, x_o, δ) with δ partly predictable from x_c: the loss towards the target
+        // t = W x_o + b + δ (from moments of x_c and t alone) must equal the per-row mean of
+        // ‖Ŵ x_c + b̂ − W x_o − b − δ‖², and compensation on it must lower it.
         let (m, n, rows) = (4, 5, 300);
         let (xc, xo) = streams(rows, n, 31, 0.2);
         let mut rng = SplitMix64::new(32);
@@ -538,11 +535,19 @@ mod tests {
             })
             .collect();
         let pm = moments(&xc, &xo, n);
-        let mut drift = DriftMoments::new(n, m);
-        drift.add(&xc, &xo, &delta, rows);
         let w = Mat::from_fn(m, n, |_, _| rng.normal());
         let bias: Vec<f64> = (0..m).map(|_| rng.normal()).collect();
-        let loss = SplitLoss::new(&w, Some(&bias), &pm).with_drift(&w, &pm, &drift);
+        // The target t = W x_o + b + δ, as the pipeline gets it from the two streams.
+        let target: Vec<f32> = (0..rows * m)
+            .map(|k| {
+                let (r, i) = (k / m, k % m);
+                let wx: f64 = (0..n).map(|j| w[(i, j)] * f64::from(xo[r * n + j])).sum();
+                (wx + bias[i] + f64::from(delta[r * m + i])) as f32
+            })
+            .collect();
+        let mut tm = TargetMoments::new(n, m);
+        tm.add(&xc, &target, rows);
+        let loss = SplitLoss::towards_target(&pm.c, &tm);
         let brute = |w_hat: &Matrix, b_hat: &[f64]| -> f64 {
             (0..rows)
                 .map(|r| {

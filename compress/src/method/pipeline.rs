@@ -30,7 +30,7 @@ use super::decompose::{self, Approximation, Metric, WhitenedSvd};
 use super::linalg::{self, Matrix};
 use super::report::{LayerReport, Report};
 use super::rng::SplitMix64;
-use super::stats::{DriftMoments, Moments, PairMoments};
+use super::stats::{Moments, PairMoments, TargetMoments};
 use super::MethodError;
 
 /// How a layer's factors are computed.
@@ -94,7 +94,7 @@ pub struct PipelineOptions {
     /// Compensation targets of `attn.proj` and `mlp.fc2` (the layers whose output is added to
     /// the residual stream) include the stream's drift `h_o − h_c` at that point, so those
     /// layers also cancel what they can of the upstream error (block-output reconstruction;
-    /// see `compensate::SplitLoss::with_drift`). Off: every layer targets only its own output
+    /// see `compensate::SplitLoss::towards_target`). Off: every layer targets only its own output
     /// (the earlier behaviour, kept for ablations).
     pub residual_target: bool,
     /// Options of the compensation.
@@ -449,7 +449,8 @@ fn residual_index(which: BlockLinear) -> Option<usize> {
 struct CaptureObserver<'a> {
     which: Option<BlockLinear>,
     out: &'a mut Captured,
-    residuals: bool,
+    /// Which residual streams to keep (indexed like [`Captured::residuals`]).
+    residuals: [bool; 2],
 }
 
 impl Observer for CaptureObserver<'_> {
@@ -459,7 +460,7 @@ impl Observer for CaptureObserver<'_> {
         }
     }
     fn residual_input(&mut self, _block: usize, which: BlockLinear, x: &[f32], _rows: usize, _dim: usize) {
-        if let (true, Some(i)) = (self.residuals && self.which.map_or(true, |w| w == which), residual_index(which)) {
+        if let Some(i) = residual_index(which).filter(|&i| self.residuals[i]) {
             self.out.residuals[i].extend_from_slice(x);
         }
     }
@@ -475,32 +476,56 @@ fn drift_scale(model: &Model<'_>, block: usize, which: BlockLinear, opts: &Pipel
     Some(clamped_layer_scale(model, block, which)?.iter().map(|&g| (1.0 / g) as f32).collect())
 }
 
-/// Moments of the drift `δ = h_o − h_c` with the layer inputs of the same rows (prefix tokens
-/// weighted as in every other statistic).
-fn drift_moments(
-    xc: &[f32],
-    xo: &[f32],
-    (h_o, h_c): (&[f32], &[f32]),
-    (width, dim): (usize, usize),
-    scale: Option<&[f32]>,
+/// Feeds aligned row-major streams (each `(data, width)`, the same rows) to `add` in chunks of
+/// at most 4096 rows with weight 1, then their prefix-token rows once more with weight `extra`
+/// (so those rows count `1 + extra` times, as in every other statistic). `images` is the number
+/// of images the rows come from, `prefix` the prefix tokens per image.
+fn add_weighted_chunks<const K: usize>(
+    streams: [(&[f32], usize); K],
     (images, prefix, extra): (usize, usize, f64),
-) -> DriftMoments {
-    let delta: Vec<f32> =
-        h_o.iter().zip(h_c).enumerate().map(|(k, (o, c))| scale.map_or(o - c, |g| (o - c) * g[k % dim])).collect();
-    let mut dm = DriftMoments::new(width, dim);
+    mut add: impl FnMut([&[f32]; K], usize, f64),
+) {
+    let rows = streams[0].0.len().checked_div(streams[0].1).unwrap_or(0);
     let chunk = 4096;
-    for ((cc, oo), dd) in xc.chunks(chunk * width).zip(xo.chunks(chunk * width)).zip(delta.chunks(chunk * dim)) {
-        dm.add(cc, oo, dd, cc.len() / width);
+    for start in (0..rows).step_by(chunk) {
+        let n = chunk.min(rows - start);
+        add(streams.map(|(x, w)| &x[start * w..(start + n) * w]), n, 1.0);
     }
     if extra > 0.0 && images > 0 {
-        let rows = xc.len() / width;
         let tokens = rows / images;
-        let (pc, n) = prefix_rows(xc, rows, width, tokens, prefix);
-        let (po, _) = prefix_rows(xo, rows, width, tokens, prefix);
-        let (pd, _) = prefix_rows(&delta, rows, dim, tokens, prefix);
-        dm.add_weighted(&pc, &po, &pd, n, extra);
+        let prefixed = streams.map(|(x, w)| prefix_rows(x, rows, w, tokens, prefix));
+        let n = prefixed[0].1;
+        add(std::array::from_fn(|i| prefixed[i].0.as_slice()), n, extra);
     }
-    dm
+}
+
+/// Moments of a layer's inputs `x_c` and of its residual-stream target `t = (h_o' − h_c)·scale`
+/// (see `SplitLoss::towards_target`) over the same rows: `h_o'` is the original model's stream
+/// after the layer's output was added, `h_c` the compressed model's stream before it.
+fn target_moments(
+    xc: &[f32],
+    (h_o_next, h_c): (&[f32], &[f32]),
+    (width, dim): (usize, usize),
+    scale: Option<&[f32]>,
+    prefix: (usize, usize, f64),
+) -> (Moments, TargetMoments) {
+    let target: Vec<f32> =
+        h_o_next.iter().zip(h_c).enumerate().map(|(k, (o, c))| scale.map_or(o - c, |g| (o - c) * g[k % dim])).collect();
+    let mut inputs = Moments::new(width);
+    let mut tm = TargetMoments::new(width, dim);
+    add_weighted_chunks([(xc, width), (&target, dim)], prefix, |[x, t], rows, weight| {
+        inputs.add_weighted(x, rows, weight);
+        tm.add_weighted(x, t, rows, weight);
+    });
+    (inputs, tm)
+}
+
+/// Moments of a layer's inputs in the compressed (`xc`) and original (`xo`) model over the same
+/// rows.
+fn pair_moments(xc: &[f32], xo: &[f32], width: usize, prefix: (usize, usize, f64)) -> PairMoments {
+    let mut pm = PairMoments::without_target_gram(width);
+    add_weighted_chunks([(xc, width), (xo, width)], prefix, |[c, o], rows, weight| pm.add_weighted(c, o, rows, weight));
+    pm
 }
 
 fn which_index(w: BlockLinear) -> usize {
@@ -1269,19 +1294,20 @@ fn compensate_model(
         let mut captured_o = [Captured::new(), Captured::new()];
         for s in 0..2 {
             let (ids, stream, out) = (split_ids[s], &mut streams_o[s], &mut captured_o[s]);
-            capture(model, calib, ids, stream, block, opts, None, out, true, opts.residual_target)?;
+            // Of the original streams only the one before fc2 is needed (proj's target ends there;
+            // fc2's ends at the block output, which is the advanced stream).
+            capture(model, calib, ids, stream, block, opts, None, out, true, [false, opts.residual_target])?;
         }
         times[0] += t.elapsed().as_secs_f64();
         for which in BlockLinear::ALL {
             let k = block * 4 + which_index(which);
             let Some(start) = &starts[k] else { continue };
             let width = input_width(&cfg, which);
-            let mut pairs: Vec<PairMoments> = Vec::with_capacity(2);
-            let mut drifts: Vec<DriftMoments> = Vec::with_capacity(2);
             let drift_at = residual_index(which).filter(|_| opts.residual_target);
             let scale = drift_at.and_then(|_| drift_scale(model, block, which, opts));
+            let (w, bias) = scaled_layer_weight(model, block, which, opts)?;
             let t = Instant::now();
-            for s in 0..2 {
+            let mut split_loss = |s: usize| -> Result<SplitLoss, MethodError> {
                 let mut captured_c = Captured::new();
                 let (ids, stream) = (split_ids[s], &mut streams_c[s]);
                 capture(
@@ -1294,40 +1320,32 @@ fn compensate_model(
                     Some(which),
                     &mut captured_c,
                     false,
-                    drift_at.is_some(),
+                    [drift_at == Some(0), drift_at == Some(1)],
                 )?;
                 let xc = &captured_c.inputs[which_index(which)];
-                let xo = &captured_o[s].inputs[which_index(which)];
-                if let Some(ri) = drift_at {
-                    let streams = (captured_o[s].residuals[ri].as_slice(), captured_c.residuals[ri].as_slice());
-                    let prefix = (ids.len(), prefix_tokens(&cfg), (opts.prefix_token_weight - 1.0).max(0.0));
-                    drifts.push(drift_moments(xc, xo, streams, (width, cfg.embed_dim), scale.as_deref(), prefix));
-                }
-                let mut pm = PairMoments::without_target_gram(width);
-                for (cc, oo) in xc.chunks(4096 * width).zip(xo.chunks(4096 * width)) {
-                    pm.add(cc, oo, cc.len() / width);
-                }
-                let extra = (opts.prefix_token_weight - 1.0).max(0.0);
-                if extra > 0.0 && !split_ids[s].is_empty() {
-                    let rows = xc.len() / width;
-                    let tokens = rows / split_ids[s].len();
-                    let (pc, n) = prefix_rows(xc, rows, width, tokens, prefix_tokens(&cfg));
-                    let (po, _) = prefix_rows(xo, rows, width, tokens, prefix_tokens(&cfg));
-                    pm.add_weighted(&pc, &po, n, extra);
-                }
-                pairs.push(pm);
-            }
+                let prefix = (ids.len(), prefix_tokens(&cfg), (opts.prefix_token_weight - 1.0).max(0.0));
+                Ok(match drift_at {
+                    Some(ri) => {
+                        // The original stream after this layer's addition: the stream at fc2's
+                        // point for proj, the block output for fc2.
+                        let h_o_next =
+                            if ri == 0 { captured_o[s].residuals[1].as_slice() } else { streams_o[s].data.as_slice() };
+                        let streams = (h_o_next, captured_c.residuals[ri].as_slice());
+                        let (inputs, target) =
+                            target_moments(xc, streams, (width, cfg.embed_dim), scale.as_deref(), prefix);
+                        SplitLoss::towards_target(&inputs, &target)
+                    }
+                    None => {
+                        let pm = pair_moments(xc, &captured_o[s].inputs[which_index(which)], width, prefix);
+                        let (fit_variance, val_variance) = target_variances[k];
+                        let variance = if s == 0 { fit_variance } else { val_variance.unwrap_or(0.0) };
+                        SplitLoss::with_target_variance(&w, bias.as_deref(), &pm, variance)
+                    }
+                })
+            };
+            let (fit_loss, val_loss) = (split_loss(0)?, split_loss(1)?);
             times[0] += t.elapsed().as_secs_f64();
             let t = Instant::now();
-            let (w, bias) = scaled_layer_weight(model, block, which, opts)?;
-            let (fit_variance, val_variance) = target_variances[k];
-            let mut fit_loss = SplitLoss::with_target_variance(&w, bias.as_deref(), &pairs[0], fit_variance);
-            let mut val_loss =
-                SplitLoss::with_target_variance(&w, bias.as_deref(), &pairs[1], val_variance.unwrap_or(0.0));
-            if let [fit_drift, val_drift] = &drifts[..] {
-                fit_loss = fit_loss.with_drift(&w, &pairs[0], fit_drift);
-                val_loss = val_loss.with_drift(&w, &pairs[1], val_drift);
-            }
             let out = compensate::compensate_layer_with(start, &fit_loss, Some(&val_loss), &opts.compensation_options)?;
             let rep = &mut reports[k];
             rep.compensation_fit_before = Some(out.fit_before / out.fit_target_variance.max(f64::MIN_POSITIVE));
@@ -1368,7 +1386,7 @@ fn capture(
     which: Option<BlockLinear>,
     out: &mut Captured,
     advance_stream: bool,
-    residuals: bool,
+    residuals: [bool; 2],
 ) -> Result<(), MethodError> {
     if ids.is_empty() {
         return Ok(());

@@ -157,6 +157,9 @@ impl Moments {
     pub fn add_weighted(&mut self, x: &[f32], rows: usize, weight: f64) {
         let c = self.cols();
         debug_assert_eq!(x.len(), rows * c);
+        if weight == 1.0 {
+            return self.add(x, rows);
+        }
         if rows == 0 || weight <= 0.0 {
             return;
         }
@@ -237,6 +240,9 @@ impl PairMoments {
     /// Adds aligned rows of both streams with weight `weight` each (see [`Moments::add_weighted`]).
     pub fn add_weighted(&mut self, xc: &[f32], xo: &[f32], rows: usize, weight: f64) {
         let c = self.c.cols();
+        if weight == 1.0 {
+            return self.add(xc, xo, rows);
+        }
         if rows == 0 || weight <= 0.0 {
             return;
         }
@@ -255,85 +261,72 @@ impl PairMoments {
     }
 }
 
-/// Moments of the residual-stream drift `δ = h_o − h_c` (the original model's stream minus the
-/// compressed model's, at the point where a layer's output is added) jointly with that layer's
-/// inputs `x_c`, `x_o` for the same tokens: what a residual-stream target needs (see
-/// `compensate::SplitLoss::with_drift`).
+/// Moments of an explicit regression target `t` (one `dim`-wide row per token) jointly with the
+/// layer inputs `x_c` of the same tokens: `Σt`, `Σ‖t‖²` and `X_cᵀT`. What a residual-stream
+/// target needs (see `compensate::SplitLoss::towards_target`); the inputs' own moments are a
+/// separate [`Moments`].
 #[derive(Debug, Clone)]
-pub struct DriftMoments {
+pub struct TargetMoments {
     /// Number of rows accumulated (weighted).
     pub count: f64,
-    /// `Σ δ`.
+    /// `Σ t`.
     pub sum: Vec<f64>,
-    /// `Σ ‖δ‖²`.
+    /// `Σ ‖t‖²`.
     pub sum_sq: f64,
-    /// `X_cᵀ Δ` (`n × d`).
-    cross_c: Matrix,
-    /// `X_oᵀ Δ` (`n × d`).
-    cross_o: Matrix,
+    /// `X_cᵀ T` (`n × d`).
+    cross: Matrix,
     scratch: Mat<f32>,
 }
 
-impl DriftMoments {
-    /// Empty statistics for `cols`-wide layer inputs and a `dim`-wide stream.
-    pub fn new(cols: usize, dim: usize) -> DriftMoments {
-        DriftMoments {
+impl TargetMoments {
+    /// Empty statistics for `cols`-wide layer inputs and a `dim`-wide target.
+    pub fn new(cols: usize, dim: usize) -> TargetMoments {
+        TargetMoments {
             count: 0.0,
             sum: vec![0.0; dim],
             sum_sq: 0.0,
-            cross_c: Mat::zeros(cols, dim),
-            cross_o: Mat::zeros(cols, dim),
+            cross: Mat::zeros(cols, dim),
             scratch: Mat::zeros(0, 0),
         }
     }
 
-    /// Adds aligned rows: layer inputs `xc`, `xo` (`rows × cols`) and drift `delta` (`rows × dim`).
-    pub fn add(&mut self, xc: &[f32], xo: &[f32], delta: &[f32], rows: usize) {
-        self.add_weighted(xc, xo, delta, rows, 1.0);
+    /// Adds aligned rows: layer inputs `xc` (`rows × cols`) and targets `t` (`rows × dim`).
+    pub fn add(&mut self, xc: &[f32], t: &[f32], rows: usize) {
+        self.add_weighted(xc, t, rows, 1.0);
     }
 
     /// Adds aligned rows with weight `weight` each (see [`Moments::add_weighted`]).
-    pub fn add_weighted(&mut self, xc: &[f32], xo: &[f32], delta: &[f32], rows: usize, weight: f64) {
-        let (cols, dim) = (self.cross_c.nrows(), self.sum.len());
-        debug_assert_eq!((xc.len(), xo.len(), delta.len()), (rows * cols, rows * cols, rows * dim));
+    pub fn add_weighted(&mut self, xc: &[f32], t: &[f32], rows: usize, weight: f64) {
+        let (cols, dim) = (self.cross.nrows(), self.sum.len());
+        debug_assert_eq!((xc.len(), t.len()), (rows * cols, rows * dim));
         if rows == 0 || weight <= 0.0 {
             return;
         }
         self.count += weight * rows as f64;
-        add_weighted_sums(&mut self.sum, delta, rows, dim, weight);
-        self.sum_sq += weight * delta.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
-        // Rows of weight w enter the products as √w·x and √w·δ.
-        let (xc, xo, delta) = (scaled_rows(xc, weight), scaled_rows(xo, weight), scaled_rows(delta, weight));
-        add_chunk_product(&mut self.cross_c, &mut self.scratch, &xc, &delta, rows, cols, dim);
-        add_chunk_product(&mut self.cross_o, &mut self.scratch, &xo, &delta, rows, cols, dim);
+        add_weighted_sums(&mut self.sum, t, rows, dim, weight);
+        self.sum_sq += weight * t.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+        // Rows of weight w enter the product as √w·x and √w·t.
+        let (xc, t) = (scaled_rows(xc, weight), scaled_rows(t, weight));
+        add_chunk_product(&mut self.cross, &mut self.scratch, &xc, &t, rows, cols, dim);
     }
 
-    /// Mean drift `μ_δ`.
+    /// Mean target `μ_t`.
     pub fn mean(&self) -> Vec<f64> {
         let n = self.count.max(1.0);
         self.sum.iter().map(|s| s / n).collect()
     }
 
-    /// `tr Cov(δ) = E‖δ‖² − ‖μ_δ‖²` per row.
+    /// `tr Cov(t) = E‖t‖² − ‖μ_t‖²` per row.
     pub fn trace_covariance(&self) -> f64 {
         let mu = self.mean();
         (self.sum_sq / self.count.max(1.0) - mu.iter().map(|m| m * m).sum::<f64>()).max(0.0)
     }
 
-    /// `Cov(x_c, δ) = X_cᵀΔ/N − μ_c μ_δᵀ` (`n × d`) for the compressed inputs' mean `mean_c`.
-    pub fn cross_covariance_c(&self, mean_c: &[f64]) -> Matrix {
-        self.centred(&self.cross_c, mean_c)
-    }
-
-    /// `Cov(x_o, δ)` (`n × d`) for the original inputs' mean `mean_o`.
-    pub fn cross_covariance_o(&self, mean_o: &[f64]) -> Matrix {
-        self.centred(&self.cross_o, mean_o)
-    }
-
-    fn centred(&self, product: &Matrix, mean_x: &[f64]) -> Matrix {
+    /// `Cov(x_c, t) = X_cᵀT/N − μ_c μ_tᵀ` (`n × d`) for the inputs' mean `mean_c`.
+    pub fn cross_covariance(&self, mean_c: &[f64]) -> Matrix {
         let n = self.count.max(1.0);
         let mu = self.mean();
-        Mat::from_fn(product.nrows(), product.ncols(), |i, j| product[(i, j)] / n - mean_x[i] * mu[j])
+        Mat::from_fn(self.cross.nrows(), self.cross.ncols(), |i, j| self.cross[(i, j)] / n - mean_c[i] * mu[j])
     }
 }
 
@@ -418,41 +411,38 @@ mod tests {
     }
 
     #[test]
-    fn drift_moments_match_naive_sums_with_weights() {
+    fn target_moments_match_naive_sums_with_weights() {
         let mut rng = super::super::rng::SplitMix64::new(5);
         let (rows, cols, dim) = (29usize, 6usize, 3usize);
         let xc: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32 + 0.2).collect();
-        let xo: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32 - 0.1).collect();
-        let dl: Vec<f32> = (0..rows * dim).map(|_| rng.normal() as f32 * 0.5 + 0.3).collect();
+        let tg: Vec<f32> = (0..rows * dim).map(|_| rng.normal() as f32 * 0.5 + 0.3).collect();
         // Rows 0..5 count 3 times (once plus weight 2), the rest once.
-        let mut m = DriftMoments::new(cols, dim);
-        m.add(&xc, &xo, &dl, rows);
-        m.add_weighted(&xc[..5 * cols], &xo[..5 * cols], &dl[..5 * dim], 5, 2.0);
+        let mut m = TargetMoments::new(cols, dim);
+        m.add(&xc, &tg, rows);
+        m.add_weighted(&xc[..5 * cols], &tg[..5 * dim], 5, 2.0);
         let w = |r: usize| if r < 5 { 3.0 } else { 1.0 };
         let total: f64 = (0..rows).map(w).sum();
         let mean =
             |x: &[f32], c: usize, j: usize| (0..rows).map(|r| w(r) * f64::from(x[r * c + j])).sum::<f64>() / total;
-        let (mu_c, mu_o): (Vec<f64>, Vec<f64>) =
-            ((0..cols).map(|j| mean(&xc, cols, j)).collect(), (0..cols).map(|j| mean(&xo, cols, j)).collect());
-        let mu_d: Vec<f64> = (0..dim).map(|j| mean(&dl, dim, j)).collect();
+        let mu_c: Vec<f64> = (0..cols).map(|j| mean(&xc, cols, j)).collect();
+        let mu_t: Vec<f64> = (0..dim).map(|j| mean(&tg, dim, j)).collect();
         assert!((m.count - total).abs() < 1e-12);
-        for (got, want) in m.mean().iter().zip(&mu_d) {
+        for (got, want) in m.mean().iter().zip(&mu_t) {
             assert!((got - want).abs() < 1e-6);
         }
         let naive_tr: f64 = (0..rows)
-            .map(|r| w(r) * (0..dim).map(|j| (f64::from(dl[r * dim + j]) - mu_d[j]).powi(2)).sum::<f64>())
+            .map(|r| w(r) * (0..dim).map(|j| (f64::from(tg[r * dim + j]) - mu_t[j]).powi(2)).sum::<f64>())
             .sum::<f64>()
             / total;
         assert!((m.trace_covariance() - naive_tr).abs() < 1e-6, "{} vs {naive_tr}", m.trace_covariance());
-        for (x, mu_x, got) in [(&xc, &mu_c, m.cross_covariance_c(&mu_c)), (&xo, &mu_o, m.cross_covariance_o(&mu_o))] {
-            for i in 0..cols {
-                for j in 0..dim {
-                    let naive: f64 = (0..rows)
-                        .map(|r| w(r) * (f64::from(x[r * cols + i]) - mu_x[i]) * (f64::from(dl[r * dim + j]) - mu_d[j]))
-                        .sum::<f64>()
-                        / total;
-                    assert!((got[(i, j)] - naive).abs() < 1e-5, "({i},{j}): {} vs {naive}", got[(i, j)]);
-                }
+        let got = m.cross_covariance(&mu_c);
+        for i in 0..cols {
+            for j in 0..dim {
+                let naive: f64 = (0..rows)
+                    .map(|r| w(r) * (f64::from(xc[r * cols + i]) - mu_c[i]) * (f64::from(tg[r * dim + j]) - mu_t[j]))
+                    .sum::<f64>()
+                    / total;
+                assert!((got[(i, j)] - naive).abs() < 1e-5, "({i},{j}): {} vs {naive}", got[(i, j)]);
             }
         }
     }
