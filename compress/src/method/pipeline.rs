@@ -429,11 +429,17 @@ fn prefix_tokens(cfg: &factorvit::ModelConfig) -> usize {
 struct Captured {
     inputs: Vec<Vec<f32>>,
     residuals: [Vec<f32>; 2],
+    /// Layer inputs not to keep (indexed like `inputs`).
+    skip_inputs: [bool; 4],
 }
 
 impl Captured {
     fn new() -> Captured {
-        Captured { inputs: vec![Vec::new(); 4], residuals: [Vec::new(), Vec::new()] }
+        Captured::skipping([false; 4])
+    }
+
+    fn skipping(skip_inputs: [bool; 4]) -> Captured {
+        Captured { inputs: vec![Vec::new(); 4], residuals: [Vec::new(), Vec::new()], skip_inputs }
     }
 }
 
@@ -455,7 +461,7 @@ struct CaptureObserver<'a> {
 
 impl Observer for CaptureObserver<'_> {
     fn linear_input(&mut self, _block: usize, which: BlockLinear, x: &[f32], _rows: usize, _cols: usize) {
-        if self.which.map_or(true, |w| w == which) {
+        if self.which.map_or(true, |w| w == which) && !self.out.skip_inputs[which as usize] {
             self.out.inputs[which as usize].extend_from_slice(x);
         }
     }
@@ -1291,7 +1297,9 @@ fn compensate_model(
     for block in 0..cfg.depth {
         // Original inputs of the four layers, all images of each split.
         let t = Instant::now();
-        let mut captured_o = [Captured::new(), Captured::new()];
+        // With residual-stream targets, proj's and fc2's original inputs are not needed.
+        let skip = BlockLinear::ALL.map(|w| opts.residual_target && residual_index(w).is_some());
+        let mut captured_o = [Captured::skipping(skip), Captured::skipping(skip)];
         for s in 0..2 {
             let (ids, stream, out) = (split_ids[s], &mut streams_o[s], &mut captured_o[s]);
             // Of the original streams only the one before fc2 is needed (proj's target ends there;
