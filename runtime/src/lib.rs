@@ -48,20 +48,21 @@
 
 extern crate alloc;
 
-pub mod checksum;
-pub mod config;
 pub mod error;
-pub mod json;
+pub mod format;
 pub mod kernels;
 pub mod model;
 pub mod parallel;
 pub mod resample;
-pub mod safetensors;
 pub mod session;
-mod storage;
+
+// The format's pieces keep their historical paths (`factorvit::config`, `factorvit::json`, ...).
+pub use format::{checksum, config, json, safetensors};
 
 pub use checksum::{ChecksumPolicy, ChecksumStatus};
 pub use config::{GlobalPool, Head, Interpolation, ModelConfig, PosInterpolation, Preprocess};
 pub use error::{Error, Result};
-pub use model::{BlockLinear, CsrMatrix, Linear, LinearInfo, LinearKind, LinearWeights, LoadOptions, Model};
+pub use format::schema::BlockLinear;
+pub use format::{LinearKind, FORMAT_NAME, FORMAT_VERSION};
+pub use model::{CsrMatrix, Linear, LinearInfo, LinearWeights, LoadOptions, Model};
 pub use session::{MemoryReport, NoObserver, Observer, Outputs, Session, SessionOptions, DEFAULT_SESSION_MEMORY_LIMIT};
