@@ -213,11 +213,8 @@ pub struct LinearLayer {
 /// Every linear layer of `config` in model order: the block linears, then [`HEAD`] and
 /// [`HEAD_DIST`] when present (the patch embedding is a fixed tensor, see [`fixed_tensors`]).
 pub fn linear_layers(config: &ModelConfig) -> Vec<LinearLayer> {
-    let layer = |name: String, (out_features, in_features): (usize, usize)| LinearLayer {
-        name,
-        out_features,
-        in_features,
-    };
+    let layer =
+        |name: String, (out_features, in_features): (usize, usize)| LinearLayer { name, out_features, in_features };
     let mut out = Vec::with_capacity(config.depth.saturating_mul(4).saturating_add(2));
     for i in 0..config.depth {
         out.extend(BlockLinear::ALL.map(|w| layer(w.name(i), w.shape(config))));
@@ -241,10 +238,8 @@ pub fn fixed_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let d = c.embed_dim;
     let grid = c.pos_embed_grid[0].saturating_mul(c.pos_embed_grid[1]);
     let patch_embed = LinearTensors::of(PATCH_EMBED);
-    let mut out = vec![
-        (patch_embed.weight, vec![d, c.in_chans, c.patch_size, c.patch_size]),
-        (patch_embed.bias, vec![d]),
-    ];
+    let mut out =
+        vec![(patch_embed.weight, vec![d, c.in_chans, c.patch_size, c.patch_size]), (patch_embed.bias, vec![d])];
     if c.class_token {
         out.push((CLS_TOKEN.to_string(), vec![1, 1, d]));
     }

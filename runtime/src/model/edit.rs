@@ -2,9 +2,9 @@
 //! tensors ([`Model::set_linear`]), derive cheap variants ([`Model::view`]) and read any
 //! layer's effective dense weight ([`Model::effective_weight`]). Inference never needs these.
 
+use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use alloc::format;
 
 use super::load::validate_csr;
 use super::storage::{OwnedTensor, Storage, TensorStore};
@@ -181,5 +181,4 @@ impl Model<'_> {
             checksum_status: self.checksum_status,
         }
     }
-
 }

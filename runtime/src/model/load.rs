@@ -17,7 +17,6 @@ use crate::json::{self, Value};
 use crate::kernels::SparseIndices;
 use crate::safetensors::{Container, DType, TensorInfo};
 
-
 pub(super) fn validate_csr(
     m: usize,
     n: usize,
@@ -77,8 +76,6 @@ impl Default for LoadOptions {
         LoadOptions { checksums: ChecksumPolicy::VerifyIfPresent, check_finite: true, memory_limit: usize::MAX }
     }
 }
-
-
 
 #[cfg(feature = "std")]
 impl Model<'static> {
@@ -183,7 +180,6 @@ impl<'a> Model<'a> {
         })
     }
 }
-
 
 /// The metadata of a file, parsed and checked against each other.
 struct Header {

@@ -27,7 +27,6 @@ pub use load::LoadOptions;
 
 use storage::{TensorPlace, TensorStore};
 
-
 #[derive(Debug, Clone)]
 pub(crate) struct Sparse {
     pub(crate) row_ptr: TensorPlace,
@@ -115,6 +114,14 @@ impl Linear {
             weight_bytes,
             macs_per_row: params,
             dtype,
+        }
+    }
+
+    /// Rank `r` of the low-rank term (0 for dense).
+    pub(crate) fn rank(&self) -> usize {
+        match &self.repr {
+            LinearRepr::Dense(_) => 0,
+            LinearRepr::Factored { rank, .. } => *rank,
         }
     }
 
@@ -267,7 +274,6 @@ impl Model<'_> {
             _ => None,
         }
     }
-
 
     /// Bytes of weights the model holds: every tensor it uses, at its stored dtype. This is
     /// also the number of weight bytes one inference reads (each weight is streamed once per
