@@ -15,15 +15,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use factorvit::checksum;
+use factorvit::format::metadata_keys;
 use factorvit::json::{self, Value};
 use factorvit::safetensors::DType;
 
 use crate::checkpoint::{model_order_key, numel_of, ModelSpec, SpecError};
 
-/// Value of the `format` metadata key.
-pub const FORMAT_NAME: &str = "factorvit";
-/// Value of the `format_version` metadata key.
-pub const FORMAT_VERSION: &str = "1";
+/// Values of the `format` and `format_version` metadata keys (defined by the runtime's
+/// [`factorvit::format`], the one home of the file's vocabulary).
+pub use factorvit::format::{FORMAT_NAME, FORMAT_VERSION};
 /// Value of the `producer` metadata key.
 pub const PRODUCER: &str = concat!("factorvit-compress ", env!("CARGO_PKG_VERSION"));
 
@@ -101,16 +101,16 @@ pub fn to_bytes(spec: &ModelSpec) -> Result<Vec<u8>, WriteError> {
     let layer_table = Value::Object(layers.iter().map(|l| (l.name.clone(), l.to_json())).collect());
     let labels = Value::Array(spec.labels.iter().map(|l| Value::from(l.as_str())).collect());
     let mut metadata = vec![
-        ("format".to_string(), FORMAT_NAME.to_string()),
-        ("format_version".to_string(), FORMAT_VERSION.to_string()),
-        ("config".to_string(), spec.config.to_json().to_json()),
-        ("preprocess".to_string(), spec.preprocess.to_json().to_json()),
-        ("labels".to_string(), labels.to_json()),
-        ("layers".to_string(), layer_table.to_json()),
-        ("producer".to_string(), PRODUCER.to_string()),
+        (metadata_keys::FORMAT.to_string(), FORMAT_NAME.to_string()),
+        (metadata_keys::FORMAT_VERSION.to_string(), FORMAT_VERSION.to_string()),
+        (metadata_keys::CONFIG.to_string(), spec.config.to_json().to_json()),
+        (metadata_keys::PREPROCESS.to_string(), spec.preprocess.to_json().to_json()),
+        (metadata_keys::LABELS.to_string(), labels.to_json()),
+        (metadata_keys::LAYERS.to_string(), layer_table.to_json()),
+        (metadata_keys::PRODUCER.to_string(), PRODUCER.to_string()),
     ];
     if !spec.source.is_empty() {
-        metadata.push(("source".to_string(), spec.source.clone()));
+        metadata.push((metadata_keys::SOURCE.to_string(), spec.source.clone()));
     }
     metadata.extend(spec.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
     let mut tensors: Vec<TensorRef<'_>> = spec
@@ -123,7 +123,7 @@ pub fn to_bytes(spec: &ModelSpec) -> Result<Vec<u8>, WriteError> {
         tensors.iter().map(|t| (t.name, t.data)),
         metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     );
-    metadata.push((checksum::METADATA_KEY.to_string(), checksums));
+    metadata.push((metadata_keys::CHECKSUMS.to_string(), checksums));
     tensors.sort_by(|a, b| model_order_key(a.name).cmp(&model_order_key(b.name)));
     safetensors_bytes(&tensors, &metadata)
 }

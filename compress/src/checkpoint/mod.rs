@@ -35,6 +35,7 @@ pub mod timm;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use factorvit::format::{metadata_keys, FORMAT_NAME, FORMAT_VERSION};
 use factorvit::json;
 use factorvit::safetensors::DType;
 use factorvit::{ModelConfig, Preprocess};
@@ -333,23 +334,28 @@ impl ModelSpec {
             reason,
         };
         let required = |key: &str| meta(key).ok_or_else(|| config_err(key, "is missing from the metadata".to_string()));
-        if required("format")? != "factorvit" {
-            return Err(config_err("format", "is not `factorvit`".to_string()));
+        if required(metadata_keys::FORMAT)? != FORMAT_NAME {
+            return Err(config_err(metadata_keys::FORMAT, format!("is not `{FORMAT_NAME}`")));
         }
-        let version = required("format_version")?;
-        if version.split('.').next() != Some("1") {
-            return Err(config_err("format_version", format!("`{version}` is not supported (version 1 is)")));
+        let version = required(metadata_keys::FORMAT_VERSION)?;
+        if version.split('.').next() != Some(FORMAT_VERSION) {
+            return Err(config_err(
+                metadata_keys::FORMAT_VERSION,
+                format!("`{version}` is not supported (version {FORMAT_VERSION} is)"),
+            ));
         }
         let parse = |key: &str| -> Result<json::Value, CheckpointError> {
             json::parse(required(key)?.as_bytes()).map_err(|e| config_err(key, e.to_string()))
         };
-        let config = ModelConfig::from_json(&parse("config")?).map_err(|e| config_err("config", e.to_string()))?;
+        let (config_key, preprocess_key, labels_key) =
+            (metadata_keys::CONFIG, metadata_keys::PREPROCESS, metadata_keys::LABELS);
+        let config = ModelConfig::from_json(&parse(config_key)?).map_err(|e| config_err(config_key, e.to_string()))?;
         let preprocess =
-            Preprocess::from_json(&parse("preprocess")?).map_err(|e| config_err("preprocess", e.to_string()))?;
+            Preprocess::from_json(&parse(preprocess_key)?).map_err(|e| config_err(preprocess_key, e.to_string()))?;
         let labels: Option<Vec<String>> =
-            parse("labels")?.as_array().and_then(|a| a.iter().map(|v| v.as_str().map(str::to_string)).collect());
-        let labels = labels.ok_or_else(|| config_err("labels", "must be an array of strings".to_string()))?;
-        let writer_keys = ["layers", "producer"];
+            parse(labels_key)?.as_array().and_then(|a| a.iter().map(|v| v.as_str().map(str::to_string)).collect());
+        let labels = labels.ok_or_else(|| config_err(labels_key, "must be an array of strings".to_string()))?;
+        let writer_keys = [metadata_keys::LAYERS, metadata_keys::PRODUCER];
         let metadata = file
             .metadata
             .iter()
@@ -360,19 +366,20 @@ impl ModelSpec {
             config,
             preprocess,
             labels,
-            source: meta("source").unwrap_or_default().to_string(),
+            source: meta(metadata_keys::SOURCE).unwrap_or_default().to_string(),
             tensors: file.tensors,
             metadata,
             warnings: Vec::new(),
         };
         let layers = spec.validate()?;
-        let table = parse("layers")?;
+        let layers_key = metadata_keys::LAYERS;
+        let table = parse(layers_key)?;
         if table.as_object().map(<[_]>::len) != Some(layers.len()) {
-            return Err(config_err("layers", format!("must have one entry per linear layer ({})", layers.len())));
+            return Err(config_err(layers_key, format!("must have one entry per linear layer ({})", layers.len())));
         }
         for entry in &layers {
             if table.get(&entry.name) != Some(&entry.to_json()) {
-                return Err(config_err("layers", format!("entry of `{}` disagrees with the tensors", entry.name)));
+                return Err(config_err(layers_key, format!("entry of `{}` disagrees with the tensors", entry.name)));
             }
         }
         Ok(spec)

@@ -3,9 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use factorvit::format::schema::{self, LinearTensors};
+use factorvit::format::{layer_table_keys, metadata_keys, LinearKind};
 use factorvit::json::{self, Value};
 use factorvit::safetensors::DType;
-use factorvit::{Head, ModelConfig, Preprocess};
+use factorvit::{ModelConfig, Preprocess};
+
+pub use factorvit::format::schema::{fixed_tensors, model_order_key};
 
 use super::tensor::{is_float_dtype, StoredTensor};
 
@@ -31,9 +35,8 @@ pub struct ModelSpec {
     pub warnings: Vec<String>,
 }
 
-/// Metadata keys the writer fills itself.
-pub const RESERVED_METADATA_KEYS: [&str; 9] =
-    ["format", "format_version", "config", "preprocess", "labels", "layers", "producer", "source", "checksums"];
+/// Metadata keys the writer fills itself ([`metadata_keys::RESERVED`]).
+pub const RESERVED_METADATA_KEYS: [&str; 9] = metadata_keys::RESERVED;
 
 /// Why a [`ModelSpec`] (or a tensor) does not satisfy the file format.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,95 +180,36 @@ pub struct LayerEntry {
     pub bias: bool,
 }
 
+impl LayerKind {
+    /// The representation without its sizes (the runtime's [`LinearKind`], whose
+    /// [`LinearKind::name`] is the `kind` of the layer table).
+    pub fn linear_kind(self) -> LinearKind {
+        match self {
+            LayerKind::Dense => LinearKind::Dense,
+            LayerKind::LowRank { .. } => LinearKind::LowRank,
+            LayerKind::LowRankSparse { .. } => LinearKind::LowRankSparse,
+        }
+    }
+}
+
 impl LayerEntry {
     /// The entry of the `layers` metadata table.
     pub fn to_json(&self) -> Value {
+        use layer_table_keys::{KIND, NNZ, RANK};
+        let kind = (KIND, Value::from(self.kind.linear_kind().name()));
         match self.kind {
-            LayerKind::Dense => json::object([("kind", Value::from("dense"))]),
-            LayerKind::LowRank { rank } => json::object([("kind", Value::from("low_rank")), ("rank", rank.into())]),
-            LayerKind::LowRankSparse { rank, nnz } => {
-                json::object([("kind", Value::from("low_rank_sparse")), ("rank", rank.into()), ("nnz", nnz.into())])
-            }
+            LayerKind::Dense => json::object([kind]),
+            LayerKind::LowRank { rank } => json::object([kind, (RANK, rank.into())]),
+            LayerKind::LowRankSparse { rank, nnz } => json::object([kind, (RANK, rank.into()), (NNZ, nnz.into())]),
         }
     }
 }
 
 /// Name and geometry `(name, outputs, inputs)` of every linear layer of `config`, in model
-/// order: the block linears, then `head` and `head_dist` when present.
+/// order: the block linears, then `head` and `head_dist` when present
+/// ([`factorvit::format::schema::linear_layers`]).
 pub fn linear_layers(config: &ModelConfig) -> Vec<(String, usize, usize)> {
-    let (d, m) = (config.embed_dim, config.mlp_hidden);
-    let mut out = Vec::with_capacity(config.depth.saturating_mul(4).saturating_add(2));
-    for i in 0..config.depth {
-        out.push((format!("blocks.{i}.attn.qkv"), 3 * d, d));
-        out.push((format!("blocks.{i}.attn.proj"), d, d));
-        out.push((format!("blocks.{i}.mlp.fc1"), m, d));
-        out.push((format!("blocks.{i}.mlp.fc2"), d, m));
-    }
-    match config.head {
-        Head::None => {}
-        Head::Linear => out.push(("head".to_string(), config.num_classes, d)),
-        Head::Distilled => {
-            out.push(("head".to_string(), config.num_classes, d));
-            out.push(("head_dist".to_string(), config.num_classes, d));
-        }
-    }
-    out
-}
-
-/// Name and shape of every tensor `config` requires besides the linear layers' (patch
-/// embedding, tokens, position table, norms, LayerScale), in model order.
-pub fn fixed_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let c = config;
-    let d = c.embed_dim;
-    let grid = c.pos_embed_grid[0].saturating_mul(c.pos_embed_grid[1]);
-    let mut out = vec![
-        ("patch_embed.weight".to_string(), vec![d, c.in_chans, c.patch_size, c.patch_size]),
-        ("patch_embed.bias".to_string(), vec![d]),
-    ];
-    if c.class_token {
-        out.push(("cls_token".to_string(), vec![1, 1, d]));
-    }
-    if c.dist_token {
-        out.push(("dist_token".to_string(), vec![1, 1, d]));
-    }
-    out.push(("pos_embed".to_string(), vec![1, c.pos_embed_prefix.saturating_add(grid), d]));
-    for i in 0..c.depth {
-        for norm in ["norm1", "norm2"] {
-            out.push((format!("blocks.{i}.{norm}.weight"), vec![d]));
-            out.push((format!("blocks.{i}.{norm}.bias"), vec![d]));
-        }
-        if c.layer_scale {
-            out.push((format!("blocks.{i}.ls1"), vec![d]));
-            out.push((format!("blocks.{i}.ls2"), vec![d]));
-        }
-    }
-    for (norm, present) in [("norm", c.final_norm), ("fc_norm", c.fc_norm)] {
-        if present {
-            out.push((format!("{norm}.weight"), vec![d]));
-            out.push((format!("{norm}.bias"), vec![d]));
-        }
-    }
-    out
-}
-
-/// Sort key placing tensors in model order (embeddings, blocks in order, final norms, heads).
-pub fn model_order_key(name: &str) -> (u8, usize, u8, &str) {
-    const BLOCK_PARTS: [&str; 8] =
-        ["norm1.", "attn.qkv.", "attn.proj.", "ls1", "norm2.", "mlp.fc1.", "mlp.fc2.", "ls2"];
-    if let Some(rest) = name.strip_prefix("blocks.") {
-        let (idx, tail) = rest.split_once('.').unwrap_or((rest, ""));
-        if let Ok(i) = idx.parse::<usize>() {
-            let part = BLOCK_PARTS.iter().position(|p| tail.starts_with(p)).unwrap_or(BLOCK_PARTS.len());
-            return (1, i, part as u8, name);
-        }
-    }
-    const FIRST: [&str; 4] = ["patch_embed.", "cls_token", "dist_token", "pos_embed"];
-    if let Some(p) = FIRST.iter().position(|p| name.starts_with(p)) {
-        return (0, 0, p as u8, name);
-    }
-    const LAST: [&str; 4] = ["norm.", "fc_norm.", "head.", "head_dist."];
-    let p = LAST.iter().position(|p| name.starts_with(p)).unwrap_or(LAST.len());
-    (2, 0, p as u8, name)
+    schema::linear_layers(config).into_iter().map(|l| (l.name, l.out_features, l.in_features)).collect()
 }
 
 impl ModelSpec {
@@ -329,13 +273,13 @@ impl ModelSpec {
 
     /// Validates one linear layer; returns its entry and the tensor names it uses.
     fn linear_entry(&self, layer: &str, m: usize, n: usize) -> Result<(LayerEntry, Vec<&str>), SpecError> {
-        let key = |suffix: &str| format!("{layer}.{suffix}");
-        let get = |suffix: &str| self.tensors.get_key_value(&key(suffix)).map(|(k, t)| (k.as_str(), t));
+        let tensor_names = LinearTensors::of(layer);
+        let get = |name: &str| self.tensors.get_key_value(name).map(|(k, t)| (k.as_str(), t));
         let bad = |reason: String| SpecError::Layer { layer: layer.to_string(), reason };
         let mut names = Vec::new();
-        let weight = get("weight");
-        let (u, v) = (get("u"), get("v"));
-        let sparse = [get("sparse.row_ptr"), get("sparse.col_idx"), get("sparse.values")];
+        let weight = get(&tensor_names.weight);
+        let (u, v) = (get(&tensor_names.u), get(&tensor_names.v));
+        let sparse = tensor_names.sparse().map(get);
         let kind = match (weight, u, v) {
             (Some((wn, w)), None, None) => {
                 if sparse.iter().any(Option::is_some) {
@@ -378,12 +322,12 @@ impl ModelSpec {
                     }
                 }
             }
-            (None, None, None) => return Err(SpecError::MissingTensor(key("weight"))),
-            (None, Some(_), None) => return Err(SpecError::MissingTensor(key("v"))),
-            (None, None, Some(_)) => return Err(SpecError::MissingTensor(key("u"))),
+            (None, None, None) => return Err(SpecError::MissingTensor(tensor_names.weight.clone())),
+            (None, Some(_), None) => return Err(SpecError::MissingTensor(tensor_names.v.clone())),
+            (None, None, Some(_)) => return Err(SpecError::MissingTensor(tensor_names.u.clone())),
             (Some(_), _, _) => return Err(bad("has both a dense `weight` and low-rank factors".to_string())),
         };
-        let bias = match get("bias") {
+        let bias = match get(&tensor_names.bias) {
             Some((bn, b)) => {
                 expect_float(bn, b)?;
                 expect_shape(bn, b, &[m])?;
