@@ -308,8 +308,7 @@ fn check_fmnist(model_path: &Path, data_path: &Path, count: usize, backends: &[B
     let count = count.min(images.shape[0]);
     let pixels: Vec<f32> = images.data[..count * h * w].iter().map(|&v| (v / 255.0 - p.mean[0]) / p.std[0]).collect();
     let input = Tensor { shape: vec![count, 1, h, w], data: pixels };
-    let kinds: Vec<&str> = model.linears().map(|l| l.info().kind.name()).collect();
-    let factored = kinds.iter().filter(|k| **k != "dense").count();
+    let factored = model.linears().filter(|l| l.info().kind.is_factored()).count();
     let mut runs = Vec::new();
     for &b in backends {
         let r = run(&model, &input, b, 1)?;

@@ -337,7 +337,7 @@ impl<'c> Loader<'c, '_> {
         let mut expected_layers: Vec<&str> = t
             .blocks
             .iter()
-            .flat_map(|b| [&b.qkv, &b.proj, &b.fc1, &b.fc2])
+            .flat_map(Block::linears)
             .chain(t.head.iter())
             .chain(t.head_dist.iter())
             .map(|l| l.name.as_str())

@@ -152,6 +152,12 @@ pub(crate) struct Block {
 }
 
 impl Block {
+    /// The four linear layers, in execution order ([`BlockLinear::ALL`]).
+    pub(crate) fn linears(&self) -> [&Linear; 4] {
+        BlockLinear::ALL.map(|which| self.linear(which))
+    }
+
+    /// The linear layer `which`.
     pub(crate) fn linear(&self, which: BlockLinear) -> &Linear {
         match which {
             BlockLinear::Qkv => &self.qkv,
@@ -217,11 +223,7 @@ impl Model<'_> {
 
     /// All linear layers (blocks in order, then heads), excluding the patch embedding.
     pub fn linears(&self) -> impl Iterator<Item = &Linear> {
-        self.blocks
-            .iter()
-            .flat_map(|b| [&b.qkv, &b.proj, &b.fc1, &b.fc2])
-            .chain(self.head.iter())
-            .chain(self.head_dist.iter())
+        self.blocks.iter().flat_map(Block::linears).chain(self.head.iter()).chain(self.head_dist.iter())
     }
 
     /// The linear layer `which` of block `block`.
@@ -243,7 +245,7 @@ impl Model<'_> {
 
     /// Looks a linear layer up by name (`blocks.3.mlp.fc1`, `head`, `patch_embed`).
     pub fn linear(&self, name: &str) -> Option<&Linear> {
-        if name == "patch_embed" {
+        if name == crate::format::schema::PATCH_EMBED {
             return Some(&self.patch_embed);
         }
         self.linears().find(|l| l.name == name)
@@ -295,7 +297,7 @@ impl Model<'_> {
 
     /// Total weight parameters of the block linear layers.
     pub fn block_linear_params(&self) -> usize {
-        self.blocks.iter().flat_map(|b| [&b.qkv, &b.proj, &b.fc1, &b.fc2]).map(|l| l.info().params).sum()
+        self.blocks.iter().flat_map(Block::linears).map(|l| l.info().params).sum()
     }
 
     /// Total parameters of the model (weights, biases, norms, tokens, position table).
@@ -305,7 +307,7 @@ impl Model<'_> {
         let mut total = linear(&self.patch_embed) + self.pos_embed.len();
         total += self.cls_token.as_ref().map_or(0, Vec::len) + self.dist_token.as_ref().map_or(0, Vec::len);
         for b in &self.blocks {
-            total += [&b.qkv, &b.proj, &b.fc1, &b.fc2].iter().map(|l| linear(l)).sum::<usize>();
+            total += b.linears().into_iter().map(linear).sum::<usize>();
             total += b.norm1.weight.len() * 2 + b.norm2.weight.len() * 2;
             total += b.ls1.as_ref().map_or(0, Vec::len) + b.ls2.as_ref().map_or(0, Vec::len);
         }

@@ -267,7 +267,7 @@ impl<'m, 'a> Session<'m, 'a> {
         let patches = self.grid[0] * self.grid[1];
         let mut macs = patches * m.patch_embed.in_features * c.embed_dim;
         for b in &m.blocks {
-            macs += t * [&b.qkv, &b.proj, &b.fc1, &b.fc2].iter().map(|l| l.info().macs_per_row).sum::<usize>();
+            macs += t * b.linears().iter().map(|l| l.info().macs_per_row).sum::<usize>();
             macs += 2 * t * t * c.embed_dim; // Q·Kᵀ and P·V over all heads
         }
         let heads = m.head.iter().chain(m.head_dist.iter()).map(|l| l.info().macs_per_row).sum::<usize>();
