@@ -77,3 +77,54 @@ impl Report {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use factorvit::LinearKind;
+
+    use super::super::LayerReport;
+    use super::*;
+
+    fn report(kinds: &[LinearKind]) -> Report {
+        let layers = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, &kind)| LayerReport {
+                kind,
+                rank: usize::from(kind != LinearKind::Dense),
+                ..LayerReport::new(&format!("blocks.{i}.mlp.fc1"), 8, 4)
+            })
+            .collect();
+        Report {
+            layers,
+            budget_params: 64,
+            calibration_images: 10,
+            fit_images: 8,
+            validation_images: 2,
+            sensitivity_images: 0,
+            validation_distortion_before_compensation: None,
+            validation_distortion_after_compensation: None,
+            compensation_kept: None,
+            compensated_blocks: None,
+            compensation_gate: Vec::new(),
+            distortion_measure: String::new(),
+            seconds: 0.0,
+            timings: Vec::new(),
+            options: String::new(),
+        }
+    }
+
+    /// The JSON and the table spell a layer's kind as the file's `layers` table does.
+    #[test]
+    fn kinds_are_spelled_as_in_the_file() {
+        let r = report(&[LinearKind::Dense, LinearKind::LowRank, LinearKind::LowRankSparse]);
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let kinds: Vec<&str> = json["layers"].as_array().unwrap().iter().map(|l| l["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["dense", "low_rank", "low_rank_sparse"]);
+        let table = r.table();
+        for kind in ["dense", "low_rank", "low_rank_sparse"] {
+            assert!(table.lines().any(|l| l.split_whitespace().nth(2) == Some(kind)), "{kind} in\n{table}");
+        }
+        assert_eq!(json["params_before"], 96);
+    }
+}
