@@ -52,7 +52,7 @@ fn activation_aware_error_never_worse_than_plain_svd() {
         let aware = run(&model, &data, &PipelineOptions { method: FactorMethod::Whitened, ..base });
         for (p, a) in plain.report.layers.iter().zip(&aware.report.layers) {
             assert_eq!(p.rank, a.rank, "{}: uniform ranks differ", p.name);
-            if a.kind != "dense" {
+            if !a.is_dense() {
                 assert!(
                     a.error_fit <= p.error_fit * (1.0 + 1e-6),
                     "{} keep {keep}: whitened {} > svd {}",
@@ -81,7 +81,7 @@ fn budget_is_met_exactly_for_every_policy() {
                 .report
                 .layers
                 .iter()
-                .filter(|l| l.kind != "dense")
+                .filter(|l| !l.is_dense())
                 .map(|l| l.out_features + l.in_features)
                 .min()
                 .unwrap_or(0);
@@ -225,7 +225,7 @@ fn trained_fmnist_tiny_keeps_its_predictions_at_keep_04() {
     let aware =
         run(&model, &calib, &PipelineOptions { ranks: RankPolicy::Uniform, compensation: false, ..opts.clone() });
     for (p, a) in plain.report.layers.iter().zip(&aware.report.layers) {
-        if a.kind != "dense" {
+        if !a.is_dense() {
             assert!(a.error_fit <= p.error_fit, "{}: whitened {} > svd {}", a.name, a.error_fit, p.error_fit);
         }
     }

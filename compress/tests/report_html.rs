@@ -10,9 +10,9 @@ use common::TempDir;
 use factorvit::Model;
 use factorvit_compress::data::{load_dataset, LoadOptions, Split};
 use factorvit_compress::method::pipeline::{compress_model, Calibration, Compressed, PipelineOptions};
-use factorvit_compress::method::report::Report;
 use factorvit_compress::method::synthetic::{random_vit_spec, SyntheticVit};
-use factorvit_compress::report_html::{render_html, write_report, ReportInfo, CUT_COLOR};
+use factorvit_compress::report::html::{render_html, write_report, ReportInfo, CUT_COLOR};
+use factorvit_compress::report::Report;
 use factorvit_compress::writer;
 
 /// Compresses the micro model at `keep` with compensation (and its validation split).

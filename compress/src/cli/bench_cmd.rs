@@ -5,8 +5,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use factorvit_compress::bench::{bench_model, BenchOptions, BenchReport};
+use factorvit_compress::report::units::{human_bytes, mib, thousands};
 
-use super::model::{human_bytes, open_model, thousands};
+use super::model::open_model;
 use super::values::{self, Bound};
 use super::{CliError, Context, Global};
 
@@ -146,17 +147,13 @@ fn measure_in_child(path: &Path, threads: usize, args: &Args) -> Result<BenchRep
         .ok_or_else(|| CliError::msg("the measuring process printed no report"))
 }
 
-fn mb(bytes: f64) -> String {
-    format!("{:.2} MB", bytes / 1e6)
-}
-
 fn print_model(path: &Path, reports: &[BenchReport], dram_gbps: f64, peak: Option<f64>) {
     let r0 = &reports[0];
     println!("\n{}", path.display());
     println!(
         "  {} parameters, file {}, backend {}, input {}x{}, batch {}",
         thousands(r0.params),
-        human_bytes(r0.file_bytes as usize),
+        human_bytes(r0.file_bytes),
         r0.backend,
         r0.image_size[0],
         r0.image_size[1],
@@ -164,12 +161,12 @@ fn print_model(path: &Path, reports: &[BenchReport], dram_gbps: f64, peak: Optio
     );
     println!(
         "  weights: {} resident, {} read per inference ({} per image), {} copied at load",
-        mb(r0.weight_bytes as f64),
-        mb(r0.weight_bytes as f64),
-        mb(r0.weight_bytes_per_image),
-        mb(r0.copied_weight_bytes as f64)
+        mib(r0.weight_bytes as f64),
+        mib(r0.weight_bytes as f64),
+        mib(r0.weight_bytes_per_image),
+        mib(r0.copied_weight_bytes as f64)
     );
-    println!("  activation arena: {}, FLOPs per run: {:.3} G", mb(r0.arena_bytes as f64), r0.flops as f64 / 1e9);
+    println!("  activation arena: {}, FLOPs per run: {:.3} G", mib(r0.arena_bytes as f64), r0.flops as f64 / 1e9);
     println!(
         "  weight-streaming floor at {dram_gbps} GB/s DRAM: {:.2} ms per run",
         r0.weight_bytes as f64 / (dram_gbps * 1e6)
@@ -189,7 +186,7 @@ fn print_model(path: &Path, reports: &[BenchReport], dram_gbps: f64, peak: Optio
             r.gflops,
             pct,
             r.weight_gbps,
-            r.peak_rss_bytes.map(|b| mb(b as f64)).unwrap_or_else(|| "-".into())
+            r.peak_rss_bytes.map(|b| mib(b as f64)).unwrap_or_else(|| "-".into())
         );
     }
     if let Some(p) = peak {

@@ -1,24 +1,20 @@
 //! `factorvit compress`: activation-aware low-rank (+ sparse) compression of a model with
 //! calibration images, under one global budget.
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
-use factorvit::safetensors::DType;
-use factorvit_compress::checkpoint::ModelSpec;
-use factorvit_compress::data::{self, LoadOptions, Split};
+use factorvit_compress::data::Split;
+use factorvit_compress::job::{Budget, BudgetError, CalibrationSource, CompressJob, JobError};
 use factorvit_compress::method::compensate::CompensationOptions;
-use factorvit_compress::method::export;
 use factorvit_compress::method::pipeline::{
-    self, Calibration, FactorMethod, PipelineOptions, RankPolicy, SparseLayers, DEFAULT_SENSITIVITY_IMAGES,
-    DEFAULT_SENSITIVITY_WORK_CAP,
+    FactorMethod, PipelineOptions, RankPolicy, SparseLayers, DEFAULT_SENSITIVITY_IMAGES, DEFAULT_SENSITIVITY_WORK_CAP,
 };
-use factorvit_compress::report_html::{self, ReportFormat, ReportInfo};
-use factorvit_compress::writer;
+use factorvit_compress::report::html::ReportFormat;
+use factorvit_compress::report::units::{human_bytes, thousands};
 
-use super::model::{human_bytes, load_spec, thousands, DtypeArg};
+use super::model::DtypeArg;
 use super::values::{self, Bound};
-use super::{CliError, Context, Global};
+use super::{CliError, Global};
 
 pub const AFTER_HELP: &str = "\
 Examples:
@@ -199,82 +195,20 @@ impl SplitArg {
     }
 }
 
-/// Sets the thread count of rayon's global pool and of faer (once per process).
-pub fn configure_threads(threads: usize) {
-    if threads > 0 {
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+/// The job's budget from the arguments (clap makes exactly one of them present).
+fn budget(args: &Args) -> Result<Budget, CliError> {
+    match (args.keep, args.max_params, args.max_bytes, &args.match_model) {
+        (Some(keep), ..) => Ok(Budget::Keep(keep)),
+        (_, Some(n), ..) => Ok(Budget::MaxParams(n)),
+        (.., Some(dir)) => Ok(Budget::MatchModel(dir.clone())),
+        (_, _, Some(bytes), _) => Ok(Budget::MaxBytes(bytes)),
+        _ => Err(CliError::msg("one of --keep, --max-params, --max-bytes, --match-model is required")),
     }
-    let n = if threads == 0 { rayon::current_num_threads() } else { threads };
-    faer::set_global_parallelism(if n <= 1 { faer::Par::Seq } else { faer::Par::rayon(n) });
 }
 
-/// Names of the block linear layers of a spec, with `(m, n)`.
-fn block_linears(spec: &ModelSpec) -> Vec<(String, usize, usize)> {
-    let c = &spec.config;
-    let mut out = Vec::new();
-    for i in 0..c.depth {
-        out.push((format!("blocks.{i}.attn.qkv"), 3 * c.embed_dim, c.embed_dim));
-        out.push((format!("blocks.{i}.attn.proj"), c.embed_dim, c.embed_dim));
-        out.push((format!("blocks.{i}.mlp.fc1"), c.mlp_hidden, c.embed_dim));
-        out.push((format!("blocks.{i}.mlp.fc2"), c.embed_dim, c.mlp_hidden));
-    }
-    out
-}
-
-/// Budget in block-linear parameter units (sparse entries charged with their index bytes).
-fn resolve_budget(
-    args: &Args,
-    model: &factorvit::Model<'_>,
-    spec: &ModelSpec,
-    dtype: DType,
-    global: &Global,
-) -> Result<usize, CliError> {
-    let dense_block: usize = block_linears(spec).iter().map(|(_, m, n)| m * n).sum();
-    let other_params = model.params() - model.block_linear_params();
-    let total_budget = |total: usize, what: &str| -> Result<usize, CliError> {
-        total.checked_sub(other_params).ok_or_else(|| {
-            CliError::msg(format!(
-                "{what} = {} is below the {} parameters outside the block linears (embeddings, norms, heads)",
-                thousands(total),
-                thousands(other_params)
-            ))
-        })
-    };
-    let budget = if let Some(keep) = args.keep {
-        if !(keep > 0.0 && keep <= 1.0) {
-            return Err(CliError::msg(format!("--keep {keep} must be in (0, 1]")));
-        }
-        (keep * dense_block as f64).floor() as usize
-    } else if let Some(n) = args.max_params {
-        total_budget(n, "--max-params")?
-    } else if let Some(dir) = &args.match_model {
-        let other = super::model::open_model(dir, global)?;
-        total_budget(other.params(), &format!("the parameter count of {}", dir.display()))?
-    } else if let Some(bytes) = args.max_bytes {
-        let elem = dtype.size();
-        let block_bytes: usize = block_linears(spec)
-            .iter()
-            .map(|(name, _, _)| {
-                spec.tensors.get(&format!("{name}.weight")).map_or(0, |t| t.numel().unwrap_or(0) * elem)
-            })
-            .sum();
-        let fixed = spec
-            .tensors
-            .values()
-            .map(|t| t.numel().unwrap_or(0) * if t.is_float() { elem } else { t.dtype.size() })
-            .sum::<usize>()
-            - block_bytes;
-        bytes.checked_sub(fixed).map(|b| b / elem).ok_or_else(|| {
-            CliError::msg(format!("--max-bytes {bytes} is below the {fixed} bytes outside the block linears"))
-        })?
-    } else {
-        return Err(CliError::msg("one of --keep, --max-params, --max-bytes, --match-model is required"));
-    };
-    Ok(budget.min(dense_block))
-}
-
-/// Pipeline options from the arguments.
-pub fn pipeline_options(args: &Args, budget: usize, dtype: DType, global: &Global) -> PipelineOptions {
+/// The method's options from the arguments (the job fills in the budget, the sparse costs of
+/// the dtype and the crop group size).
+pub fn pipeline_options(args: &Args, global: &Global) -> PipelineOptions {
     let ranks = if args.uniform_ranks {
         RankPolicy::Uniform
     } else if args.no_sensitivity {
@@ -283,7 +217,6 @@ pub fn pipeline_options(args: &Args, budget: usize, dtype: DType, global: &Globa
         RankPolicy::GreedySensitivity
     };
     PipelineOptions {
-        budget_params: budget,
         method: match args.method {
             MethodArg::Svd => FactorMethod::Svd,
             MethodArg::Whitened => FactorMethod::Whitened,
@@ -294,8 +227,6 @@ pub fn pipeline_options(args: &Args, budget: usize, dtype: DType, global: &Globa
             SparseLayersArg::Fc2 => SparseLayers::Fc2,
             SparseLayersArg::All => SparseLayers::All,
         },
-        sparse_entry_cost: (dtype.size() + 2) as f64 / dtype.size() as f64,
-        sparse_row_cost: 4.0 / dtype.size() as f64,
         residual_rank: args.residual_rank,
         compensation: !args.no_compensation,
         layer_scale_aware: !args.no_layer_scale,
@@ -312,7 +243,6 @@ pub fn pipeline_options(args: &Args, budget: usize, dtype: DType, global: &Globa
         sensitivity_images: args.sensitivity_images.unwrap_or(DEFAULT_SENSITIVITY_IMAGES),
         // An explicit count is used as given; the default is capped by the probes' cost.
         sensitivity_work_cap: if args.sensitivity_images.is_some() { None } else { Some(DEFAULT_SENSITIVITY_WORK_CAP) },
-        group_size: args.crops_per_image.max(1),
         batch: args.batch,
         threads: args.threads,
         seed: args.seed,
@@ -321,43 +251,60 @@ pub fn pipeline_options(args: &Args, budget: usize, dtype: DType, global: &Globa
     }
 }
 
-/// Loads the calibration images for a model.
-pub fn load_calibration(
-    path: &Path,
-    model: &factorvit::Model<'_>,
-    opts: LoadOptions,
-) -> Result<data::Dataset, CliError> {
-    data::load_dataset(path, model.preprocess(), &opts)
-        .context(|| format!("cannot load calibration data {}", path.display()))
+/// The compression job the arguments describe.
+pub fn job(args: &Args, global: &Global) -> Result<CompressJob, CliError> {
+    Ok(CompressJob {
+        model: args.model.clone(),
+        calib: CalibrationSource {
+            path: args.calib.clone(),
+            split: args.calib_split.split(),
+            count: args.calib_count,
+            crops_per_image: args.crops_per_image,
+        },
+        budget: budget(args)?,
+        options: pipeline_options(args, global),
+        dtype: args.dtype.map(DtypeArg::dtype),
+        image_size: args.image_size,
+        output: args.output.clone(),
+        report: args.report.clone(),
+    })
 }
 
-/// What [`compress`] wrote.
-pub struct Outcome {
-    /// The per-layer report.
-    pub report: factorvit_compress::method::report::Report,
-    /// Parameters of the output model.
-    pub params: usize,
-    /// Weight bytes of the output model (read once per inference).
-    pub weight_bytes: usize,
-    /// Size of the written file.
-    pub file_bytes: usize,
-    /// Where the JSON report was written.
-    pub report_path: PathBuf,
-    /// Files written for `--report` (empty without it).
-    pub report_files: Vec<PathBuf>,
-    /// Wall time of the whole command.
-    pub seconds: f64,
+/// A job's failure as the CLI's one-line error, naming the option at fault.
+pub fn job_error(e: JobError) -> CliError {
+    match e {
+        JobError::Budget(BudgetError::Keep(keep)) => CliError::msg(format!("--keep {keep} must be in (0, 1]")),
+        JobError::Budget(BudgetError::ParamsBelowFixed { total, fixed, reference }) => {
+            let what = match reference {
+                Some(dir) => format!("the parameter count of {}", dir.display()),
+                None => "--max-params".to_string(),
+            };
+            CliError::msg(format!(
+                "{what} = {} is below the {} parameters outside the block linears (embeddings, norms, heads)",
+                thousands(total),
+                thousands(fixed)
+            ))
+        }
+        JobError::Budget(BudgetError::BytesBelowFixed { bytes, fixed }) => {
+            CliError::msg(format!("--max-bytes {bytes} is below the {fixed} bytes outside the block linears"))
+        }
+        JobError::ImageSize { size, patch } => CliError::msg(format!(
+            "--image-size {size} is out of range: must be a multiple of the model's patch size {patch}, \
+             from {patch} to 8192"
+        )),
+        e => e.into(),
+    }
 }
 
 pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
-    let out = compress(args, global)?;
+    let out = job(args, global)?.run(&mut global.progress()).map_err(job_error)?;
     global.say(&out.report.table());
     global.say(&format!(
         "wrote {}: {} parameters, {} of weights, file {} ({:.1} s); report {}",
         args.output.display(),
         thousands(out.params),
-        human_bytes(out.weight_bytes),
-        human_bytes(out.file_bytes),
+        human_bytes(out.weight_bytes as u64),
+        human_bytes(out.file_bytes as u64),
         out.seconds,
         out.report_path.display()
     ));
@@ -367,108 +314,28 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Compresses `args.model` into `args.output` (atomically) and writes the JSON report next to it;
-/// shows progress bars unless `--quiet`, prints nothing else.
-pub fn compress(args: &Args, global: &Global) -> Result<Outcome, CliError> {
-    let started = Instant::now();
-    configure_threads(args.threads);
-    let mut spec = load_spec(&args.model, global)?;
-    if let Some(size) = args.image_size {
-        let patch = spec.config.patch_size;
-        if size < patch || size > 8192 || size.checked_rem(patch) != Some(0) {
-            return Err(CliError::msg(format!(
-                "--image-size {size} is out of range: must be a multiple of the model's patch size {patch}, \
-                 from {patch} to 8192"
-            )));
-        }
-        spec.preprocess.input_size = [spec.preprocess.input_size[0], size, size];
-    }
-    let dtype = args.dtype.map_or_else(|| export::block_dtype(&spec), DtypeArg::dtype);
-    let bytes = writer::to_bytes(&spec).context(|| format!("cannot convert {}", args.model.display()))?;
-    let source_file_bytes = bytes.len();
-    let model =
-        factorvit::Model::from_vec(bytes).context(|| format!("the runtime rejects {}", args.model.display()))?;
-    let budget = resolve_budget(args, &model, &spec, dtype, global)?;
-    let calib = load_calibration(
-        &args.calib,
-        &model,
-        LoadOptions {
-            split: args.calib_split.split(),
-            limit: Some(args.calib_count),
-            random_subset: true,
-            seed: args.seed,
-            crops_per_image: args.crops_per_image,
-            ..LoadOptions::default()
-        },
-    )?;
-    if calib.n < 2 {
-        return Err(CliError::msg(format!(
-            "{} holds {} calibration image(s): at least 2 are needed",
-            args.calib.display(),
-            calib.n
-        )));
-    }
-    let opts = pipeline_options(args, budget, dtype, global);
-    let (source_params, source_weight_bytes) = (model.params(), model.weight_bytes());
-    let calibration = Calibration { pixels: &calib.pixel_values, count: calib.n, image_size: [calib.h, calib.w] };
-    let compressed =
-        pipeline::compress_model(&model, &calibration, &opts).map_err(|e| CliError::new("compression failed", e))?;
-    drop(model);
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
 
-    export::apply_to_spec(&mut spec, &compressed, dtype)
-        .context(|| "cannot store the compressed layers".to_string())?;
-    spec.cast_floats(dtype).context(|| format!("cannot store the model as {}", dtype.name()))?;
-    let (before, after, cost) = compressed.report.totals();
-    let summary = serde_json::json!({
-        "method": format!("{:?}", opts.method),
-        "ranks": format!("{:?}", opts.ranks),
-        "budget_params": budget,
-        "block_params_before": before,
-        "block_params_after": after,
-        "budget_charged": cost,
-        "calibration_images": calib.n,
-        "compensation": opts.compensation,
-        "seed": args.seed,
-    });
-    spec.metadata.insert("compression".into(), summary.to_string());
-    let bytes = writer::to_bytes(&spec).context(|| "cannot serialise the compressed model".to_string())?;
-    let reloaded = factorvit::Model::from_bytes(&bytes)
-        .context(|| "the runtime rejects the compressed model (a bug)".to_string())?;
-    let (params, weight_bytes) = (reloaded.params(), reloaded.weight_bytes());
-    drop(reloaded);
-    writer::write_atomic(&args.output, &bytes).context(|| format!("cannot write {}", args.output.display()))?;
-    let report_path = PathBuf::from(format!("{}.report.json", args.output.display()));
-    writer::write_atomic(&report_path, compressed.report.to_json().as_bytes())
-        .context(|| format!("cannot write {}", report_path.display()))?;
-    let report_files = match &args.report {
-        Some(path) => {
-            let info = ReportInfo {
-                model: Some(args.model.display().to_string()),
-                output: Some(args.output.display().to_string()),
-                file_bytes: Some(bytes.len() as u64),
-                source_file_bytes: Some(source_file_bytes as u64),
-                model_params: Some((source_params, params)),
-                weight_bytes: Some((source_weight_bytes, weight_bytes)),
-                total_seconds: Some(started.elapsed().as_secs_f64()),
-                extra: vec![
-                    ("method".into(), format!("{:?}, ranks {:?}", opts.method, opts.ranks)),
-                    ("dtype".into(), dtype.name().to_string()),
-                    ("calibration data".into(), args.calib.display().to_string()),
-                ],
-                ..ReportInfo::default()
-            };
-            report_html::write_report(&compressed.report, &info, path)
-                .context(|| format!("cannot write the report {}", path.display()))?
-        }
-        None => Vec::new(),
-    };
-    Ok(Outcome {
-        report: compressed.report,
-        params,
-        weight_bytes,
-        file_bytes: bytes.len(),
-        report_path,
-        report_files,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    /// The command line's defaults are the method's (the demo builds its jobs from the latter).
+    #[test]
+    fn default_arguments_give_the_default_options() {
+        let cli =
+            Cli::try_parse_from(["compress", "--model", "m", "--calib", "c", "--keep", "0.4", "-o", "o"]).unwrap();
+        let global = Global { quiet: false };
+        assert_eq!(format!("{:?}", pipeline_options(&cli.args, &global)), format!("{:?}", PipelineOptions::default()));
+        let job = job(&cli.args, &global).unwrap();
+        assert_eq!(job.budget, Budget::Keep(0.4));
+        assert_eq!(job.calib, CalibrationSource::new("c"));
+        assert_eq!((job.dtype, job.image_size, job.report), (None, None, None));
+    }
 }

@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
+use factorvit_compress::report::units::{human_bytes, thousands};
 use factorvit_compress::writer;
 
-use super::model::{human_bytes, load_spec, thousands, DtypeArg};
+use super::model::{load_spec, DtypeArg};
 use super::{CliError, Context, Global};
 
 pub const AFTER_HELP: &str = "\
@@ -54,7 +55,7 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
         spec.config.architecture,
         thousands(params),
         dtypes.join("+"),
-        human_bytes(bytes.len()),
+        human_bytes(bytes.len() as u64),
         spec.source
     ));
     Ok(())

@@ -6,15 +6,17 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use factorvit_compress::bench::{bench_model, BenchOptions, BenchReport};
 use factorvit_compress::data::{self, LoadOptions, Split};
+use factorvit_compress::job::{configure_threads, Budget, CalibrationSource, CompressJob};
 use factorvit_compress::method::eval::{self, Metrics};
+use factorvit_compress::method::pipeline::PipelineOptions;
+use factorvit_compress::report::units::{human_bytes, thousands};
 use factorvit_compress::writer;
 
-use super::compress_cmd::{self, configure_threads};
+use super::compress_cmd;
 use super::eval_cmd;
-use super::model::{human_bytes, load_spec, open_model, thousands};
+use super::model::{load_spec, open_model};
 use super::values::{self, Bound};
 use super::{CliError, Context, Global};
 
@@ -96,9 +98,64 @@ struct Row {
     seconds: Option<f64>,
 }
 
-fn step(global: &Global, started: Instant, i: usize, n: usize, what: &str) {
-    if !global.quiet {
-        eprintln!("[{i}/{n}, {:.0} s] {what}", started.elapsed().as_secs_f64());
+/// Numbered progress lines on stderr (unless `--quiet`).
+struct Steps<'a> {
+    global: &'a Global,
+    started: Instant,
+    total: usize,
+}
+
+impl Steps<'_> {
+    fn say(&self, i: usize, what: &str) {
+        if !self.global.quiet {
+            eprintln!("[{i}/{}, {:.0} s] {what}", self.total, self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// The demo's inputs and output directory.
+struct Paths {
+    model: PathBuf,
+    calib: PathBuf,
+    data: PathBuf,
+    out: PathBuf,
+}
+
+impl Paths {
+    /// The arguments' paths, or the bundled defaults.
+    fn resolve(args: &Args) -> Result<Paths, CliError> {
+        let root = repository_root();
+        let model = match &args.model {
+            Some(p) => p.clone(),
+            None => default_path(root.as_deref(), "models/fmnist-deit-tiny", "--model")?,
+        };
+        let calib = match &args.calib {
+            Some(p) => p.clone(),
+            None => default_path(root.as_deref(), "data/fmnist-calib.safetensors", "--calib")?,
+        };
+        let data = match &args.data {
+            Some(p) => p.clone(),
+            None if Path::new(SYSTEM_FASHION_MNIST).join("t10k-images-idx3-ubyte.gz").is_file()
+                || Path::new(SYSTEM_FASHION_MNIST).join("t10k-images-idx3-ubyte").is_file() =>
+            {
+                PathBuf::from(SYSTEM_FASHION_MNIST)
+            }
+            None => default_path(root.as_deref(), "data/fmnist-test.safetensors", "--data")?,
+        };
+        let out = match &args.out {
+            Some(p) => p.clone(),
+            None => match &root {
+                Some(r) => r.join("target/demo"),
+                None => std::env::temp_dir().join("factorvit-demo"),
+            },
+        };
+        Ok(Paths { model, calib, data, out })
+    }
+}
+
+impl Row {
+    fn new(label: String, path: PathBuf, file_bytes: u64, seconds: Option<f64>) -> Row {
+        Row { label, path, params: 0, file_bytes, metrics: Metrics::default(), bench: Vec::new(), seconds }
     }
 }
 
@@ -107,104 +164,97 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
     if args.keep.is_empty() || args.keep.iter().any(|k| !(k.is_finite() && *k > 0.0 && *k <= 1.0)) {
         return Err(CliError::msg("--keep takes fractions in (0, 1], e.g. --keep 0.4,0.2"));
     }
-    let root = repository_root();
-    let model_path = match &args.model {
-        Some(p) => p.clone(),
-        None => default_path(root.as_deref(), "models/fmnist-deit-tiny", "--model")?,
-    };
-    let calib = match &args.calib {
-        Some(p) => p.clone(),
-        None => default_path(root.as_deref(), "data/fmnist-calib.safetensors", "--calib")?,
-    };
-    let data = match &args.data {
-        Some(p) => p.clone(),
-        None if Path::new(SYSTEM_FASHION_MNIST).join("t10k-images-idx3-ubyte.gz").is_file()
-            || Path::new(SYSTEM_FASHION_MNIST).join("t10k-images-idx3-ubyte").is_file() =>
-        {
-            PathBuf::from(SYSTEM_FASHION_MNIST)
-        }
-        None => default_path(root.as_deref(), "data/fmnist-test.safetensors", "--data")?,
-    };
-    let out = match &args.out {
-        Some(p) => p.clone(),
-        None => match &root {
-            Some(r) => r.join("target/demo"),
-            None => std::env::temp_dir().join("factorvit-demo"),
-        },
-    };
-    std::fs::create_dir_all(&out).context(|| format!("cannot create {}", out.display()))?;
-    let steps = args.keep.len() + 3;
+    let paths = Paths::resolve(args)?;
+    let out = &paths.out;
+    std::fs::create_dir_all(out).context(|| format!("cannot create {}", out.display()))?;
+    let steps = Steps { global, started, total: args.keep.len() + 3 };
     configure_threads(0);
 
-    step(
-        global,
-        started,
-        1,
-        steps,
-        &format!("dense model: {} -> {}", model_path.display(), out.join("dense.fvit").display()),
-    );
-    let spec = load_spec(&model_path, global)?;
-    let dense_path = out.join("dense.fvit");
-    let bytes = writer::to_bytes(&spec).context(|| format!("cannot convert {}", model_path.display()))?;
-    writer::write_atomic(&dense_path, &bytes).context(|| format!("cannot write {}", dense_path.display()))?;
-    let mut rows = vec![Row {
-        label: "dense".into(),
-        path: dense_path.clone(),
-        params: 0,
-        file_bytes: bytes.len() as u64,
-        metrics: Metrics::default(),
-        bench: Vec::new(),
-        seconds: None,
-    }];
-    drop(bytes);
-
+    let mut rows = vec![write_dense(&paths, &steps)?];
     for (i, keep) in args.keep.iter().enumerate() {
-        let output = out.join(format!("keep-{keep}.fvit"));
-        step(
-            global,
-            started,
-            i + 2,
-            steps,
-            &format!("compress, keep {keep} of the block-linear parameters -> {}", output.display()),
-        );
-        let argv: Vec<String> = vec![
-            "compress".into(),
-            "--model".into(),
-            dense_path.display().to_string(),
-            "--calib".into(),
-            calib.display().to_string(),
-            "--calib-count".into(),
-            args.calib_count.to_string(),
-            "--keep".into(),
-            keep.to_string(),
-            "-o".into(),
-            output.display().to_string(),
-            "--report".into(),
-            out.join(format!("keep-{keep}.report.html")).display().to_string(),
-        ];
-        let parsed = CompressArgs::try_parse_from(&argv).map_err(|e| {
-            // clap's message without its `error: ` prefix and usage hint.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
-            CliError::msg(format!("invalid compress arguments: {first}"))
-        })?;
-        let outcome = compress_cmd::compress(&parsed.args, global)?;
-        rows.push(Row {
-            label: format!("keep {keep}"),
-            path: output,
-            params: 0,
-            file_bytes: outcome.file_bytes as u64,
-            metrics: Metrics::default(),
-            bench: Vec::new(),
-            seconds: Some(outcome.seconds),
-        });
+        rows.push(compress(args, &paths, &rows[0].path, *keep, &steps, i + 2)?);
     }
+    steps.say(steps.total - 1, &format!("evaluate every model on {}", paths.data.display()));
+    evaluate(&mut rows, &paths.data, global)?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let thread_counts: Vec<usize> = if cores > 1 { vec![1, cores] } else { vec![1] };
+    steps.say(
+        steps.total,
+        &if args.no_bench {
+            "model sizes (latency skipped: --no-bench)".to_string()
+        } else {
+            format!("latency, batch 1, {} thread(s), >= {} s per model", join(&thread_counts), args.bench_time)
+        },
+    );
+    benchmark(&mut rows, args, &thread_counts, global)?;
 
-    step(global, started, steps - 1, steps, &format!("evaluate every model on {}", data.display()));
-    let dense = open_model(&dense_path, global)?;
+    let n_eval = rows[0].metrics.n;
+    let table = render_table(&rows, &thread_counts, !args.no_bench);
+    let header = format!(
+        "factorvit demo: {} compressed with {} calibration images from {}, evaluated on {} images of {}",
+        paths.model.display(),
+        args.calib_count,
+        paths.calib.display(),
+        n_eval,
+        paths.data.display()
+    );
+    let backend = rows[0].bench.first().map_or("?", |b| b.backend.as_str()).to_string();
+    let footer = format!(
+        "weights/inference: bytes of weights read per image (batch 1); latency: median of >= 20 runs per thread count, \
+         kernels: {backend}; agreement: same top-1 class as the dense model. Total {:.0} s. Files in {} (open keep-*.report.html for the per-layer ranks, spectra and errors).",
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
+    println!("\n{header}\n\n{table}\n{footer}");
+    let md = out.join("demo-results.md");
+    writer::write_atomic(&md, format!("{header}\n\n{table}\n{footer}\n").as_bytes())
+        .context(|| format!("cannot write {}", md.display()))?;
+    Ok(())
+}
+
+/// Step 1: the source model as a factorvit file, `OUT/dense.fvit`.
+fn write_dense(paths: &Paths, steps: &Steps<'_>) -> Result<Row, CliError> {
+    let dense_path = paths.out.join("dense.fvit");
+    steps.say(1, &format!("dense model: {} -> {}", paths.model.display(), dense_path.display()));
+    let spec = load_spec(&paths.model, steps.global)?;
+    let bytes = writer::to_bytes(&spec).context(|| format!("cannot convert {}", paths.model.display()))?;
+    writer::write_atomic(&dense_path, &bytes).context(|| format!("cannot write {}", dense_path.display()))?;
+    Ok(Row::new("dense".into(), dense_path, bytes.len() as u64, None))
+}
+
+/// Step `step`: the compression job at `keep` (the `compress` command's defaults), with its
+/// HTML report.
+fn compress(
+    args: &Args,
+    paths: &Paths,
+    dense_path: &Path,
+    keep: f64,
+    steps: &Steps<'_>,
+    step: usize,
+) -> Result<Row, CliError> {
+    let output = paths.out.join(format!("keep-{keep}.fvit"));
+    steps.say(step, &format!("compress, keep {keep} of the block-linear parameters -> {}", output.display()));
+    let global = steps.global;
+    let job = CompressJob {
+        report: Some(paths.out.join(format!("keep-{keep}.report.html"))),
+        options: PipelineOptions { progress: !global.quiet, ..PipelineOptions::default() },
+        ..CompressJob::new(
+            dense_path,
+            CalibrationSource { count: args.calib_count, ..CalibrationSource::new(&paths.calib) },
+            Budget::Keep(keep),
+            &output,
+        )
+    };
+    let outcome = job.run(&mut global.progress()).map_err(compress_cmd::job_error)?;
+    Ok(Row::new(format!("keep {keep}"), output, outcome.file_bytes as u64, Some(outcome.seconds)))
+}
+
+/// Top-1 and agreement with the dense model (`rows[0]`) of every row on the evaluation images.
+fn evaluate(rows: &mut [Row], data: &Path, global: &Global) -> Result<(), CliError> {
+    let dense = open_model(&rows[0].path, global)?;
     let labels = (!dense.labels().is_empty()).then(|| dense.labels().to_vec());
     let eval_data = data::load_dataset(
-        &data,
+        data,
         dense.preprocess(),
         &LoadOptions { split: Split::Test, class_names: labels, ..LoadOptions::default() },
     )
@@ -238,25 +288,16 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
         row.metrics = eval::metrics(outputs, eval_data.labels.as_deref(), Some(&reference))
             .map_err(|e| CliError::new("cannot compute metrics", e))?;
     }
+    Ok(())
+}
 
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let thread_counts: Vec<usize> = if cores > 1 { vec![1, cores] } else { vec![1] };
-    step(
-        global,
-        started,
-        steps,
-        steps,
-        &if args.no_bench {
-            "model sizes (latency skipped: --no-bench)".to_string()
-        } else {
-            format!("latency, batch 1, {} thread(s), >= {} s per model", join(&thread_counts), args.bench_time)
-        },
-    );
-    for row in &mut rows {
+/// Parameters and sizes of every row, and latency at each thread count unless `--no-bench`.
+fn benchmark(rows: &mut [Row], args: &Args, thread_counts: &[usize], global: &Global) -> Result<(), CliError> {
+    for row in rows {
         let model = open_model(&row.path, global)?;
         row.params = model.params();
         if !args.no_bench {
-            for &threads in &thread_counts {
+            for &threads in thread_counts {
                 let opts = BenchOptions {
                     threads,
                     batch: 1,
@@ -277,36 +318,7 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
             );
         }
     }
-
-    let n_eval = rows[0].metrics.n;
-    let table = render_table(&rows, &thread_counts, !args.no_bench);
-    let header = format!(
-        "factorvit demo: {} compressed with {} calibration images from {}, evaluated on {} images of {}",
-        model_path.display(),
-        args.calib_count,
-        calib.display(),
-        n_eval,
-        data.display()
-    );
-    let backend = rows[0].bench.first().map_or("?", |b| b.backend.as_str()).to_string();
-    let footer = format!(
-        "weights/inference: bytes of weights read per image (batch 1); latency: median of >= 20 runs per thread count, \
-         kernels: {backend}; agreement: same top-1 class as the dense model. Total {:.0} s. Files in {} (open keep-*.report.html for the per-layer ranks, spectra and errors).",
-        started.elapsed().as_secs_f64(),
-        out.display()
-    );
-    println!("\n{header}\n\n{table}\n{footer}");
-    let md = out.join("demo-results.md");
-    writer::write_atomic(&md, format!("{header}\n\n{table}\n{footer}\n").as_bytes())
-        .context(|| format!("cannot write {}", md.display()))?;
     Ok(())
-}
-
-/// `factorvit compress` arguments parsed from a command line built by the demo.
-#[derive(Debug, Parser)]
-struct CompressArgs {
-    #[command(flatten)]
-    args: compress_cmd::Args,
 }
 
 fn join(v: &[usize]) -> String {
@@ -333,8 +345,8 @@ fn render_table(rows: &[Row], threads: &[usize], timed: bool) -> String {
         let mut line = vec![
             r.label.clone(),
             thousands(r.params),
-            human_bytes(r.file_bytes as usize),
-            human_bytes(weight_bytes),
+            human_bytes(r.file_bytes),
+            human_bytes(weight_bytes as u64),
             format!("{:.2}x", weight_bytes as f64 / dense_bytes as f64),
         ];
         if timed {

@@ -2,6 +2,8 @@
 
 use std::error::Error;
 
+use factorvit_compress::job::JobError;
+
 /// A failed command: what was being done, and why it failed.
 #[derive(Debug)]
 pub struct CliError {
@@ -51,6 +53,14 @@ impl CliError {
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.render())
+    }
+}
+
+/// A failed job: its step as the message, its cause as the source (so the line reads as it did
+/// when the CLI did the work itself).
+impl From<JobError> for CliError {
+    fn from(e: JobError) -> CliError {
+        CliError { message: e.to_string(), source: e.into_source() }
     }
 }
 

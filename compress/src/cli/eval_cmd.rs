@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 
 use factorvit_compress::data::LoadOptions;
+use factorvit_compress::job::configure_threads;
 use factorvit_compress::method::eval::{self, Metrics};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::compress_cmd::{configure_threads, SplitArg};
+use super::compress_cmd::SplitArg;
 use super::model::open_model;
 use super::values;
 use super::{CliError, Context, Global};

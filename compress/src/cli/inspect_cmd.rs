@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use super::model::{human_bytes, open_model, thousands};
+use factorvit_compress::report::units::{human_bytes, thousands};
+
+use super::model::open_model;
 use super::{CliError, Global};
 
 pub const AFTER_HELP: &str = "\
@@ -57,19 +59,19 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
             thousands(i.weight_bytes)
         ));
     }
-    let file = std::fs::metadata(&args.path).ok().filter(|m| m.is_file()).map(|m| m.len() as usize);
+    let file = std::fs::metadata(&args.path).ok().filter(|m| m.is_file()).map(|m| m.len());
     out.push_str(&format!(
         "linear layers: {} parameters ({:.1}% of dense {}), {}\n",
         thousands(params),
         100.0 * params as f64 / dense.max(1) as f64,
         thousands(dense),
-        human_bytes(bytes)
+        human_bytes(bytes as u64)
     ));
     out.push_str(&format!(
         "model: {} parameters ({} in block linears); weight bytes read per inference {}; file {}\n",
         thousands(model.params()),
         thousands(model.block_linear_params()),
-        human_bytes(model.weight_bytes()),
+        human_bytes(model.weight_bytes() as u64),
         file.map_or_else(|| "-".to_string(), human_bytes)
     ));
     out.push_str(&match model.checksum_status() {

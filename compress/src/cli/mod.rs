@@ -21,6 +21,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use factorvit_compress::job::JobProgress;
 
 pub use error::{CliError, Context};
 
@@ -67,6 +68,22 @@ impl Global {
     /// Prints a warning on stderr.
     pub fn warn(&self, line: &str) {
         let _ = writeln!(std::io::stderr(), "warning: {}", line.replace(['\n', '\r'], " "));
+    }
+
+    /// The sink a library job reports to: warnings on stderr (also with `--quiet`).
+    pub fn progress(&self) -> CliProgress<'_> {
+        CliProgress { global: self }
+    }
+}
+
+/// What a [`factorvit_compress::job`] reports, shown on the terminal.
+pub struct CliProgress<'a> {
+    global: &'a Global,
+}
+
+impl JobProgress for CliProgress<'_> {
+    fn warning(&mut self, text: &str) {
+        self.global.warn(text);
     }
 }
 

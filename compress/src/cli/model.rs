@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use factorvit::safetensors::DType;
-use factorvit_compress::checkpoint::{self, ModelSpec};
-use factorvit_compress::writer;
+use factorvit_compress::checkpoint::ModelSpec;
+use factorvit_compress::job;
 
-use super::{CliError, Context, Global};
+use super::{CliError, Global};
 
 /// Storage dtype choices for float tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,55 +34,11 @@ impl DtypeArg {
 /// Imports a checkpoint directory or reads a factorvit file into a spec, printing import
 /// warnings.
 pub fn load_spec(path: &Path, global: &Global) -> Result<ModelSpec, CliError> {
-    let spec = if path.is_dir() {
-        checkpoint::load_checkpoint(path).context(|| format!("cannot import checkpoint {}", path.display()))?
-    } else {
-        checkpoint::read_fvit(path).context(|| format!("cannot read model {}", path.display()))?
-    };
-    for w in &spec.warnings {
-        global.warn(w);
-    }
-    Ok(spec)
+    Ok(job::load_spec(path, &mut global.progress())?)
 }
 
 /// Opens a model for inference: a factorvit file is memory-mapped; a checkpoint directory is
 /// imported and converted in memory.
 pub fn open_model(path: &Path, global: &Global) -> Result<factorvit::Model<'static>, CliError> {
-    if path.is_dir() {
-        let spec = load_spec(path, global)?;
-        let bytes = writer::to_bytes(&spec).context(|| format!("cannot convert checkpoint {}", path.display()))?;
-        factorvit::Model::from_vec(bytes)
-            .context(|| format!("the runtime rejects the converted checkpoint {}", path.display()))
-    } else {
-        factorvit::Model::open(path).context(|| format!("cannot load model {}", path.display()))
-    }
-}
-
-/// `1234567` -> `1,234,567`.
-pub fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
-
-/// Human-readable byte size.
-pub fn human_bytes(n: usize) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    Ok(job::open_model(path, &mut global.progress())?)
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use factorvit::SessionOptions;
 use factorvit_compress::data::{self, LoadOptions};
+use factorvit_compress::job::configure_threads;
 
-use super::compress_cmd::configure_threads;
 use super::model::open_model;
 use super::values;
 use super::{CliError, Context, Global};

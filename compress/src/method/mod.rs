@@ -8,7 +8,6 @@
 //! * [`allocate`]: global greedy rank allocation.
 //! * [`compensate`]: closed-form (reduced-rank regression) compensation with a validation gate.
 //! * [`pipeline`]: the whole method over a model and calibration images.
-//! * [`report`]: per-layer report (table and JSON).
 //! * [`eval`]: accuracy and fidelity metrics.
 
 pub mod allocate;
@@ -18,7 +17,6 @@ pub mod eval;
 pub mod export;
 pub mod linalg;
 pub mod pipeline;
-pub mod report;
 pub mod rng;
 pub mod stats;
 pub mod synthetic;
@@ -69,3 +67,5 @@ impl From<factorvit::Error> for MethodError {
         MethodError::Runtime(e)
     }
 }
+
+pub use crate::report; // the per-layer report moved to `crate::report`; `method::report::Report` keeps working

@@ -890,7 +890,7 @@ pub fn compress_model(
         rep.spectrum = st.svd.sigma.clone();
         match alloc[k] {
             Allocation::Dense => {
-                rep.kind = "dense".into();
+                rep.kind = factorvit::LinearKind::Dense;
                 rep.params_after = st.m * st.n;
                 rep.cost_after = (st.m * st.n) as f64;
                 starts.push(None);
@@ -910,7 +910,8 @@ pub fn compress_model(
                     FactorMethod::Whitened => decompose::corrected_bias(&w, &dense, bias.as_deref(), &st.fit_mean),
                     FactorMethod::Svd => bias.clone().unwrap_or_else(|| vec![0.0; st.m]),
                 };
-                rep.kind = if nnz_used > 0 { "low_rank_sparse".into() } else { "low_rank".into() };
+                rep.kind =
+                    if nnz_used > 0 { factorvit::LinearKind::LowRankSparse } else { factorvit::LinearKind::LowRank };
                 rep.rank = approx.rank();
                 rep.nnz = nnz_used;
                 rep.params_after = approx.rank() * (st.m + st.n) + nnz_used;

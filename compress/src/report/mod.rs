@@ -1,6 +1,17 @@
-//! The per-layer compression report: a text table for the terminal and JSON next to the output.
+//! The per-layer report of a compression run and its renderings: a text table for the terminal
+//! and JSON next to the output ([`table`]), pictures as HTML or SVG ([`html`]), and the number
+//! formatters every human-readable output shares ([`units`]).
+//!
+//! A layer's kind is the runtime's [`LinearKind`]; the JSON spells it with
+//! [`LinearKind::name`] (`dense`, `low_rank`, `low_rank_sparse`), the names of the file's
+//! `layers` table.
 
-use serde::Serialize;
+pub mod html;
+pub mod table;
+pub mod units;
+
+use factorvit::LinearKind;
+use serde::{Serialize, Serializer};
 
 /// What happened to one layer.
 #[derive(Debug, Clone, Serialize)]
@@ -11,8 +22,9 @@ pub struct LayerReport {
     pub out_features: usize,
     /// Inputs `n`.
     pub in_features: usize,
-    /// `dense`, `low_rank` or `low_rank_sparse`.
-    pub kind: String,
+    /// Dense, low rank or low rank + sparse (serialised as [`LinearKind::name`]).
+    #[serde(serialize_with = "serialize_kind")]
+    pub kind: LinearKind,
     /// Rank (0 when dense).
     pub rank: usize,
     /// Sparse entries.
@@ -55,6 +67,11 @@ pub struct LayerReport {
     pub spectrum: Vec<f64>,
 }
 
+/// The kind as the file's name for it (`dense`, `low_rank`, `low_rank_sparse`).
+fn serialize_kind<S: Serializer>(kind: &LinearKind, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(kind.name())
+}
+
 impl LayerReport {
     /// A dense entry for an `m × n` layer.
     pub fn new(name: &str, m: usize, n: usize) -> LayerReport {
@@ -62,7 +79,7 @@ impl LayerReport {
             name: name.to_string(),
             out_features: m,
             in_features: n,
-            kind: "dense".into(),
+            kind: LinearKind::Dense,
             rank: 0,
             nnz: 0,
             params_before: m * n,
@@ -90,7 +107,7 @@ impl LayerReport {
 
     /// Whether the layer was kept dense.
     pub fn is_dense(&self) -> bool {
-        self.kind == "dense"
+        self.kind == LinearKind::Dense
     }
 }
 
@@ -159,77 +176,5 @@ impl Report {
         let after = self.layers.iter().map(|l| l.params_after).sum();
         let cost = self.layers.iter().map(|l| l.cost_after).sum();
         (before, after, cost)
-    }
-
-    /// The report as pretty JSON.
-    pub fn to_json(&self) -> String {
-        let (before, after, cost) = self.totals();
-        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        if let Some(o) = v.as_object_mut() {
-            o.insert("params_before".into(), before.into());
-            o.insert("params_after".into(), after.into());
-            o.insert("cost_after".into(), cost.into());
-        }
-        serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into())
-    }
-
-    /// A fixed-width text table.
-    pub fn table(&self) -> String {
-        let opt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |x| format!("{x:.2e}"));
-        let mut s = format!(
-            "{:<22} {:>10} {:<15} {:>5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>4}\n",
-            "layer",
-            "shape",
-            "kind",
-            "rank",
-            "nnz",
-            "params",
-            "after",
-            "err fit",
-            "err val",
-            "comp fit",
-            "comp val",
-            "kept"
-        );
-        for l in &self.layers {
-            let comp_fit = match (l.compensation_fit_before, l.compensation_fit_after) {
-                (Some(_), Some(a)) => opt(Some(a)),
-                _ => "-".into(),
-            };
-            s.push_str(&format!(
-                "{:<22} {:>10} {:<15} {:>5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>4}\n",
-                l.name,
-                format!("{}x{}", l.out_features, l.in_features),
-                l.kind,
-                l.rank,
-                l.nnz,
-                l.params_before,
-                l.params_after,
-                if l.kind == "dense" { "-".into() } else { format!("{:.2e}", l.error_fit) },
-                opt(l.error_val),
-                comp_fit,
-                opt(l.compensation_val_after),
-                match l.compensation_kept {
-                    Some(true) => "yes",
-                    Some(false) => "no",
-                    None => "-",
-                }
-            ));
-        }
-        let (before, after, cost) = self.totals();
-        s.push_str(&format!(
-            "total: {before} -> {after} block-linear parameters ({:.1}%), budget charged {cost:.0} of {} ; {:.1} s\n",
-            100.0 * after as f64 / before.max(1) as f64,
-            self.budget_params,
-            self.seconds
-        ));
-        if let Some(summary) = self.compensation_summary() {
-            s.push_str(&format!(
-                "validation output distortion ({}): {summary}
-",
-                self.distortion_measure
-            ));
-        }
-        s
     }
 }
