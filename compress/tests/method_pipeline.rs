@@ -32,7 +32,6 @@ fn options(model: &Model<'_>, keep: f64) -> PipelineOptions {
         sensitivity_images: 8,
         batch: 8,
         threads: 1,
-        progress: false,
         ..PipelineOptions::default()
     }
 }
@@ -146,7 +145,7 @@ fn compensation_never_increases_fit_loss_nor_validation_loss() {
         for (i, (x, y)) in out.layers.iter().zip(&plain.layers).enumerate() {
             let same = match (&x.replacement, &y.replacement) {
                 (None, None) => true,
-                (Some((xa, xb)), Some((ya, yb))) => xa.u == ya.u && xa.v == ya.v && xb == yb,
+                (Some(xa), Some(ya)) => xa.approx.u == ya.approx.u && xa.approx.v == ya.approx.v && xa.bias == ya.bias,
                 _ => false,
             };
             if i >= 4 * k {
@@ -170,9 +169,10 @@ fn deterministic_for_a_seed() {
     for (x, y) in a.layers.iter().zip(&b.layers) {
         match (&x.replacement, &y.replacement) {
             (None, None) => {}
-            (Some((ax, ab)), Some((bx, bb))) => {
+            (Some(xa), Some(ya)) => {
+                let (ax, bx) = (&xa.approx, &ya.approx);
                 assert!(
-                    ax.u == bx.u && ax.v == bx.v && ax.sparse == bx.sparse && ab == bb,
+                    ax.u == bx.u && ax.v == bx.v && ax.sparse == bx.sparse && xa.bias == ya.bias,
                     "{} differs between runs",
                     x.name
                 );
@@ -241,9 +241,7 @@ fn trained_fmnist_tiny_keeps_its_predictions_at_keep_04() {
             &test.pixel_values,
             test.n,
             [test.h, test.w],
-            50,
-            0,
-            false,
+            factorvit_compress::method::eval::RunOptions { batch: 50, threads: 0, keep_tokens: false },
             |_| {},
         )
         .unwrap()

@@ -274,7 +274,7 @@ fn resolve_budget(
 }
 
 /// Pipeline options from the arguments.
-pub fn pipeline_options(args: &Args, budget: usize, dtype: DType, global: &Global) -> PipelineOptions {
+pub fn pipeline_options(args: &Args, budget: usize, dtype: DType, _global: &Global) -> PipelineOptions {
     let ranks = if args.uniform_ranks {
         RankPolicy::Uniform
     } else if args.no_sensitivity {
@@ -316,7 +316,7 @@ pub fn pipeline_options(args: &Args, budget: usize, dtype: DType, global: &Globa
         batch: args.batch,
         threads: args.threads,
         seed: args.seed,
-        progress: !global.quiet,
+        progress: pipeline::Progress::none(),
         ..PipelineOptions::default()
     }
 }

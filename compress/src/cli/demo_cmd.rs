@@ -216,9 +216,7 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
             &eval_data.pixel_values,
             eval_data.n,
             [eval_data.h, eval_data.w],
-            32,
-            0,
-            false,
+            eval::RunOptions { batch: 32, threads: 0, keep_tokens: false },
             |k| pb.inc(k as u64),
         )
         .map_err(|e| CliError::new(format!("cannot run {what}"), e));

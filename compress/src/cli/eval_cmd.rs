@@ -94,9 +94,14 @@ pub fn evaluate(args: &Args, global: &Global) -> Result<Vec<Metrics>, CliError> 
     }
     let run = |m: &factorvit::Model<'_>, what: &str| -> Result<eval::ModelOutputs, CliError> {
         let pb = progress(global, data.n, what);
-        let out = eval::run_model(m, &data.pixel_values, data.n, size, args.batch, args.threads, backbone, |k| {
-            pb.inc(k as u64)
-        })
+        let out = eval::run_model(
+            m,
+            &data.pixel_values,
+            data.n,
+            size,
+            eval::RunOptions { batch: args.batch, threads: args.threads, keep_tokens: backbone },
+            |k| pb.inc(k as u64),
+        )
         .map_err(|e| CliError::new(format!("cannot run {what}"), e));
         pb.finish_and_clear();
         out
