@@ -27,7 +27,7 @@ use factorvit::{Head, Model};
 
 use super::allocate::{self, AllocationRequest, LayerCurve};
 use super::compensate::{Candidate, CompensationOptions};
-use super::compensation::{self, Gate, TargetVariance};
+use super::compensation::{self, Gate, GateSummary, TargetVariance};
 use super::factors::{self, Factored};
 use super::layer::{self, LayerState};
 use super::measure::{self, Measured};
@@ -342,6 +342,27 @@ impl Timings {
     }
 }
 
+impl<'a, 'm> Run<'a, 'm> {
+    /// Checks the inputs and options, then splits the images.
+    fn new(model: &'a Model<'m>, calib: &Calibration<'a>, opts: &'a PipelineOptions) -> Result<Self, MethodError> {
+        calib.check(model)?;
+        if opts.batch == 0 {
+            return Err(MethodError::Input("batch must be at least 1".into()));
+        }
+        opts.validate()?;
+        calib.check_finite()?;
+        Ok(Run {
+            model,
+            cfg: model.config().clone(),
+            calib: *calib,
+            runner: StreamRunner::new(calib, opts),
+            splits: make_splits(calib.count, opts.validation_fraction, opts.seed, opts.group_size),
+            scales: layer::output_scales(model, opts),
+            opts,
+        })
+    }
+}
+
 /// Compresses every block linear of `model` with the calibration images.
 pub fn compress_model(
     model: &Model<'_>,
@@ -349,21 +370,7 @@ pub fn compress_model(
     opts: &PipelineOptions,
 ) -> Result<Compressed, MethodError> {
     let started = Instant::now();
-    calib.check(model)?;
-    if opts.batch == 0 {
-        return Err(MethodError::Input("batch must be at least 1".into()));
-    }
-    opts.validate()?;
-    calib.check_finite()?;
-    let run = Run {
-        model,
-        cfg: model.config().clone(),
-        calib: *calib,
-        runner: StreamRunner::new(calib, opts),
-        splits: make_splits(calib.count, opts.validation_fraction, opts.seed, opts.group_size),
-        scales: layer::output_scales(model, opts),
-        opts,
-    };
+    let run = Run::new(model, calib, opts)?;
     let mut timings = Timings::start();
 
     // ---- 1. Dense statistics, block by block (+ sensitivity probes). ----
@@ -399,14 +406,26 @@ pub fn compress_model(
         Some(Gate { layers, summary }) => (layers, Some(summary)),
         None => (starts, None),
     };
-    let layers_out = results(&run, &reports, final_layers);
+    let layers = results(&run, &reports, final_layers);
     let report = Report {
         layers: reports,
-        budget_params: opts.budget_params,
-        calibration_images: calib.count,
+        sensitivity_images,
+        seconds: started.elapsed().as_secs_f64(),
+        timings: timings.entries,
+        ..summary(&run, gate)
+    };
+    Ok(Compressed { layers, report })
+}
+
+/// The report's summary fields (no layers, timings or seconds yet).
+fn summary(run: &Run<'_, '_>, gate: Option<GateSummary>) -> Report {
+    Report {
+        layers: Vec::new(),
+        budget_params: run.opts.budget_params,
+        calibration_images: run.calib.count,
         fit_images: run.splits.fit.len(),
         validation_images: run.splits.val.len(),
-        sensitivity_images,
+        sensitivity_images: 0,
         validation_distortion_before_compensation: gate.as_ref().map(|g| g.before),
         validation_distortion_after_compensation: gate.as_ref().map(|g| g.after),
         compensation_kept: gate.as_ref().map(|g| g.blocks > 0),
@@ -417,11 +436,10 @@ pub fn compress_model(
         } else {
             "mean KL(dense || compressed)".into()
         },
-        seconds: started.elapsed().as_secs_f64(),
-        timings: timings.entries,
-        options: format!("{opts:?}"),
-    };
-    Ok(Compressed { layers: layers_out, report })
+        seconds: 0.0,
+        timings: Vec::new(),
+        options: format!("{:?}", run.opts),
+    }
 }
 
 /// Phase 4 (when the options ask for it and there is a validation split): compensation and the
