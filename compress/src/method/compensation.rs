@@ -152,7 +152,11 @@ impl BlockLayer {
             let what = Capture::UpTo { which, residual_of: drift_at.map(|_| which) };
             run.runner.capture(compressed, ids, &mut streams.compressed[s], block, what, &mut captured_c)?;
             let xc = &captured_c.inputs[which as usize];
-            let prefix = (ids.len(), prefix_tokens(cfg), (opts.prefix_token_weight - 1.0).max(0.0));
+            let prefix = PrefixWeight {
+                images: ids.len(),
+                prefix: prefix_tokens(cfg),
+                extra: (opts.prefix_token_weight - 1.0).max(0.0),
+            };
             Ok(match drift_at {
                 Some(ri) => {
                     // The original stream after this layer's addition: the stream at fc2's
@@ -163,8 +167,8 @@ impl BlockLayer {
                         streams.original[s].data.as_slice()
                     };
                     let pair = (h_o_next, captured_c.residuals[ri].as_slice());
-                    let (inputs, target) = target_moments(xc, pair, (width, cfg.embed_dim), scale.as_deref(), prefix);
-                    SplitLoss::towards_target(&inputs, &target)
+                    let m = target_moments(xc, pair, (width, cfg.embed_dim), scale.as_deref(), prefix);
+                    SplitLoss::towards_target(&m.inputs, &m.target)
                 }
                 None => {
                     let pm = pair_moments(xc, &captured_o[s].inputs[which as usize], width, prefix);
@@ -187,13 +191,21 @@ fn drift_scale(model: &Model<'_>, block: usize, which: BlockLinear, opts: &Pipel
     Some(clamped_layer_scale(model, block, which)?.iter().map(|&g| (1.0 / g) as f32).collect())
 }
 
+/// How prefix-token rows count in a statistic: `images` images with `prefix` leading prefix
+/// tokens each, whose rows count `1 + extra` times.
+#[derive(Debug, Clone, Copy)]
+struct PrefixWeight {
+    images: usize,
+    prefix: usize,
+    extra: f64,
+}
+
 /// Feeds aligned row-major streams (each `(data, width)`, the same rows) to `add` in chunks of
 /// at most 4096 rows with weight 1, then their prefix-token rows once more with weight `extra`
-/// (so those rows count `1 + extra` times, as in every other statistic). `images` is the number
-/// of images the rows come from, `prefix` the prefix tokens per image.
+/// (so those rows count `1 + extra` times, as in every other statistic).
 fn add_weighted_chunks<const K: usize>(
     streams: [(&[f32], usize); K],
-    (images, prefix, extra): (usize, usize, f64),
+    PrefixWeight { images, prefix, extra }: PrefixWeight,
     mut add: impl FnMut([&[f32]; K], usize, f64),
 ) {
     let rows = streams[0].0.len().checked_div(streams[0].1).unwrap_or(0);
@@ -210,6 +222,12 @@ fn add_weighted_chunks<const K: usize>(
     }
 }
 
+/// Moments of a layer's inputs and of its residual-stream target over the same rows.
+struct InputTargetMoments {
+    inputs: Moments,
+    target: TargetMoments,
+}
+
 /// Moments of a layer's inputs `x_c` and of its residual-stream target `t = (h_o' − h_c)·scale`
 /// (see `SplitLoss::towards_target`) over the same rows: `h_o'` is the original model's stream
 /// after the layer's output was added, `h_c` the compressed model's stream before it.
@@ -218,8 +236,8 @@ fn target_moments(
     (h_o_next, h_c): (&[f32], &[f32]),
     (width, dim): (usize, usize),
     scale: Option<&[f32]>,
-    prefix: (usize, usize, f64),
-) -> (Moments, TargetMoments) {
+    prefix: PrefixWeight,
+) -> InputTargetMoments {
     let target: Vec<f32> =
         h_o_next.iter().zip(h_c).enumerate().map(|(k, (o, c))| scale.map_or(o - c, |g| (o - c) * g[k % dim])).collect();
     let mut inputs = Moments::new(width);
@@ -228,12 +246,12 @@ fn target_moments(
         inputs.add_weighted(x, rows, weight);
         tm.add_weighted(x, t, rows, weight);
     });
-    (inputs, tm)
+    InputTargetMoments { inputs, target: tm }
 }
 
 /// Moments of a layer's inputs in the compressed (`xc`) and original (`xo`) model over the same
 /// rows.
-fn pair_moments(xc: &[f32], xo: &[f32], width: usize, prefix: (usize, usize, f64)) -> PairMoments {
+fn pair_moments(xc: &[f32], xo: &[f32], width: usize, prefix: PrefixWeight) -> PairMoments {
     let mut pm = PairMoments::without_target_gram(width);
     add_weighted_chunks([(xc, width), (xo, width)], prefix, |[c, o], rows, weight| pm.add_weighted(c, o, rows, weight));
     pm

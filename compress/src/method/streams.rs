@@ -356,3 +356,86 @@ impl<'c> StreamRunner<'c> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::method::eval::{self, RunOptions};
+    use crate::method::synthetic::{random_images, random_vit_spec, SyntheticVit};
+
+    fn micro() -> (Model<'static>, Vec<f32>, usize) {
+        let g = SyntheticVit::micro();
+        let spec = random_vit_spec(&g, 3).unwrap();
+        let model = Model::from_vec(crate::writer::to_bytes(&spec).unwrap()).unwrap();
+        let n = 10;
+        (model, random_images(&g, n, 5), n)
+    }
+
+    #[test]
+    fn the_runner_moves_streams_like_a_whole_run() {
+        let (model, pixels, n) = micro();
+        let calib = Calibration { pixels: &pixels, count: n, image_size: [0, 0] };
+        // Batch 4 over 7 images: chunks of 4 and 3.
+        let opts = PipelineOptions { batch: 4, threads: 1, ..PipelineOptions::default() };
+        let runner = StreamRunner::new(&calib, &opts);
+        let ids: Vec<usize> = vec![0, 2, 3, 5, 6, 8, 9];
+        let embedded = runner.embed(&model, &ids).unwrap();
+        let (mut a, mut b, mut c) = (
+            runner.embed(&model, &ids).unwrap(),
+            runner.embed(&model, &ids).unwrap(),
+            runner.embed(&model, &ids).unwrap(),
+        );
+        let cfg = model.config().clone();
+        let widths = BlockLinear::ALL.map(|w| super::super::layer::input_width(&cfg, w));
+        let mut moments: Vec<Moments> = widths.iter().map(|&w| Moments::new(w)).collect();
+        runner.advance(&model, &ids, &mut a, 0, None).unwrap();
+        runner.advance(&model, &ids, &mut b, 0, Some(&mut moments)).unwrap();
+        let mut all = Captured::new();
+        runner
+            .capture(&model, &ids, &mut c, 0, Capture::Block { residual_of: Some(BlockLinear::Fc2) }, &mut all)
+            .unwrap();
+        assert_eq!(a.data, b.data);
+        assert_eq!(a.data, c.data);
+        assert_ne!(a.data, embedded.data);
+        let rows = ids.len() * embedded.per_image / cfg.embed_dim;
+        for (which, w) in BlockLinear::ALL.into_iter().zip(widths) {
+            assert_eq!(all.inputs[which as usize].len(), rows * w, "{which:?}");
+            assert_eq!(moments[which as usize].count, rows as f64, "{which:?}");
+        }
+        assert!(all.residuals[0].is_empty());
+        assert_eq!(all.residuals[1].len(), rows * cfg.embed_dim);
+        // Up to one layer: only its input, and the stream stays.
+        let mut d = runner.embed(&model, &ids).unwrap();
+        let mut one = Captured::new();
+        let what = Capture::UpTo { which: BlockLinear::Proj, residual_of: Some(BlockLinear::Proj) };
+        runner.capture(&model, &ids, &mut d, 0, what, &mut one).unwrap();
+        assert_eq!(d.data, embedded.data);
+        assert_eq!(one.inputs[BlockLinear::Proj as usize], all.inputs[BlockLinear::Proj as usize]);
+        assert!(one.inputs[BlockLinear::Qkv as usize].is_empty() && one.inputs[BlockLinear::Fc2 as usize].is_empty());
+        assert_eq!(one.residuals[0].len(), rows * cfg.embed_dim);
+        // Finishing the advanced stream from block 1 gives the whole model's outputs.
+        let finished = runner.finish(&model, &ids, &a, 1).unwrap();
+        let run = RunOptions { batch: 4, threads: 1, keep_tokens: true };
+        let whole = eval::run_model(&model, &calib.gather(&ids), ids.len(), [0, 0], run, |_| {}).unwrap();
+        assert_eq!(finished.logits.as_deref(), Some(whole.logits.as_slice()));
+        assert_eq!(finished.hidden, whole.last_hidden_state);
+        assert_eq!(distortion(&finished, &finished), 0.0);
+        // Empty id lists are no work.
+        let mut empty = runner.embed(&model, &[]).unwrap();
+        assert!(empty.data.is_empty());
+        runner.advance(&model, &[], &mut empty, 0, None).unwrap();
+    }
+
+    #[test]
+    fn splits_keep_groups_together_and_repeat() {
+        let s = make_splits(40, 0.25, 3, 4);
+        assert_eq!(s.fit.len() + s.val.len(), 40);
+        assert_eq!(s.val.len(), 12);
+        for g in 0..10 {
+            let in_val = s.val.contains(&(4 * g));
+            assert!((4 * g..4 * g + 4).all(|i| s.val.contains(&i) == in_val));
+        }
+        assert_eq!(make_splits(40, 0.25, 3, 4).val, s.val);
+        assert!(make_splits(3, 0.5, 0, 1).val.is_empty());
+    }
+}
