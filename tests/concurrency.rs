@@ -201,7 +201,6 @@ fn compressed_model_shared_by_8_threads_is_bit_exact() {
         compensation: false,
         batch: 8,
         threads: 0,
-        progress: false,
         ..PipelineOptions::default()
     };
     let compressed = compress_model(

@@ -426,7 +426,7 @@ impl CompressJob {
             model: model.into(),
             calib,
             budget,
-            options: PipelineOptions { progress: false, ..PipelineOptions::default() },
+            options: PipelineOptions::default(),
             dtype: None,
             image_size: None,
             output: output.into(),

@@ -27,7 +27,7 @@ use factorvit::{Interpolation, Model, Preprocess};
 use factorvit_compress::checkpoint::StoredTensor;
 use factorvit_compress::data::{load_dataset, DataError, LoadOptions, Rng};
 use factorvit_compress::method::compensate::CompensationOptions;
-use factorvit_compress::method::eval::{metrics, run_model, ModelOutputs};
+use factorvit_compress::method::eval::{metrics, run_model, ModelOutputs, RunOptions};
 use factorvit_compress::method::pipeline::{compress_model, Calibration, PipelineOptions};
 use factorvit_compress::method::synthetic::{random_vit_spec, SyntheticVit};
 use factorvit_compress::method::MethodError;
@@ -283,7 +283,6 @@ fn pipeline_rejects_inconsistent_calibration() {
         sensitivity_images: 2,
         batch: 4,
         threads: 1,
-        progress: false,
         ..PipelineOptions::default()
     };
     fn calib(pixels: &[f32], count: usize, image_size: [usize; 2]) -> Calibration<'_> {
@@ -343,7 +342,7 @@ fn evaluation_rejects_inconsistent_inputs() {
         ("no images", &px[..0], 0, [h, w]),
     ] {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_model(&model, pixels, count, size, 4, 1, false, |_| {})
+            run_model(&model, pixels, count, size, RunOptions { batch: 4, threads: 1, keep_tokens: false }, |_| {})
         }));
         match outcome {
             Ok(Err(e)) => assert!(input_error(&e), "{what}: {e:?}"),
@@ -354,9 +353,11 @@ fn evaluation_rejects_inconsistent_inputs() {
     // NaN pixels: a typed error, not NaN logits counted as answers.
     let mut nan = px.clone();
     nan[5 * c * h * w + 7] = f32::NAN;
-    let err = run_model(&model, &nan, n, [h, w], 4, 1, false, |_| {}).unwrap_err();
+    let err = run_model(&model, &nan, n, [h, w], RunOptions { batch: 4, threads: 1, keep_tokens: false }, |_| {})
+        .unwrap_err();
     assert!(matches!(&err, MethodError::NonFinite(m) if m.contains("image 5")), "{err:?}");
-    let good = run_model(&model, &px, n, [h, w], 4, 1, false, |_| {}).unwrap();
+    let good =
+        run_model(&model, &px, n, [h, w], RunOptions { batch: 4, threads: 1, keep_tokens: false }, |_| {}).unwrap();
     metrics(&good, Some(&vec![0; n]), Some(&good)).unwrap();
     let mut beyond = vec![0u32; n];
     beyond[3] = good.classes as u32;

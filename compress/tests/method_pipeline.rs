@@ -9,7 +9,8 @@ use factorvit_compress::data::{load_dataset, Dataset, LoadOptions, Split};
 use factorvit_compress::method::compensate::CompensationOptions;
 use factorvit_compress::method::export::apply_to_spec;
 use factorvit_compress::method::pipeline::{
-    compress_model, Calibration, Compressed, FactorMethod, PipelineOptions, RankPolicy, COMPENSATION_GATE_TIE,
+    compress_model, Calibration, Compressed, FactorMethod, Phase, PipelineOptions, Progress, ProgressEvent, RankPolicy,
+    COMPENSATION_GATE_TIE,
 };
 use factorvit_compress::method::synthetic::{random_vit_spec, SyntheticVit};
 use factorvit_compress::writer;
@@ -32,7 +33,6 @@ fn options(model: &Model<'_>, keep: f64) -> PipelineOptions {
         sensitivity_images: 8,
         batch: 8,
         threads: 1,
-        progress: false,
         ..PipelineOptions::default()
     }
 }
@@ -146,7 +146,7 @@ fn compensation_never_increases_fit_loss_nor_validation_loss() {
         for (i, (x, y)) in out.layers.iter().zip(&plain.layers).enumerate() {
             let same = match (&x.replacement, &y.replacement) {
                 (None, None) => true,
-                (Some((xa, xb)), Some((ya, yb))) => xa.u == ya.u && xa.v == ya.v && xb == yb,
+                (Some(xa), Some(ya)) => xa.approx.u == ya.approx.u && xa.approx.v == ya.approx.v && xa.bias == ya.bias,
                 _ => false,
             };
             if i >= 4 * k {
@@ -170,9 +170,10 @@ fn deterministic_for_a_seed() {
     for (x, y) in a.layers.iter().zip(&b.layers) {
         match (&x.replacement, &y.replacement) {
             (None, None) => {}
-            (Some((ax, ab)), Some((bx, bb))) => {
+            (Some(xa), Some(ya)) => {
+                let (ax, bx) = (&xa.approx, &ya.approx);
                 assert!(
-                    ax.u == bx.u && ax.v == bx.v && ax.sparse == bx.sparse && ab == bb,
+                    ax.u == bx.u && ax.v == bx.v && ax.sparse == bx.sparse && xa.bias == ya.bias,
                     "{} differs between runs",
                     x.name
                 );
@@ -241,9 +242,7 @@ fn trained_fmnist_tiny_keeps_its_predictions_at_keep_04() {
             &test.pixel_values,
             test.n,
             [test.h, test.w],
-            50,
-            0,
-            false,
+            factorvit_compress::method::eval::RunOptions { batch: 50, threads: 0, keep_tokens: false },
             |_| {},
         )
         .unwrap()
@@ -252,4 +251,36 @@ fn trained_fmnist_tiny_keeps_its_predictions_at_keep_04() {
     let metrics =
         factorvit_compress::method::eval::metrics(&comp_out, test.labels.as_deref(), Some(&dense_out)).unwrap();
     assert!(metrics.agreement.unwrap() >= 0.99, "agreement {:?}", metrics.agreement);
+}
+
+#[test]
+fn progress_reaches_the_callback_phase_by_phase_and_changes_nothing() {
+    use std::sync::{Arc, Mutex};
+    let (_, model) = micro_model();
+    let data = calibration(&model, 32);
+    let opts = options(&model, 0.3);
+    assert!(!opts.progress.is_some(), "no progress by default");
+    let events: Arc<Mutex<Vec<ProgressEvent>>> = Arc::default();
+    let sink = Arc::clone(&events);
+    let with = PipelineOptions { progress: Progress::new(move |e| sink.lock().unwrap().push(e)), ..opts.clone() };
+    let (a, b) = (run(&model, &data, &opts), run(&model, &data, &with));
+    for (x, y) in a.layers.iter().zip(&b.layers) {
+        let same = match (&x.replacement, &y.replacement) {
+            (None, None) => true,
+            (Some(p), Some(q)) => p.approx.u == q.approx.u && p.approx.v == q.approx.v && p.bias == q.bias,
+            _ => false,
+        };
+        assert!(same, "{}: progress reporting changed the result", x.name);
+    }
+    let events = events.lock().unwrap();
+    let depth = model.config().depth;
+    let layers = a.layers.len();
+    for (phase, total) in [(Phase::Statistics, depth), (Phase::Factors, layers), (Phase::Compensation, depth)] {
+        let done: Vec<usize> = events.iter().filter(|e| e.phase == phase).map(|e| e.done).collect();
+        assert_eq!(done, (0..=total).collect::<Vec<_>>(), "{phase:?}");
+        assert!(events.iter().filter(|e| e.phase == phase).all(|e| e.total == total), "{phase:?}");
+    }
+    // Phases in order.
+    let first = |p: Phase| events.iter().position(|e| e.phase == p).unwrap();
+    assert!(first(Phase::Statistics) < first(Phase::Factors) && first(Phase::Factors) < first(Phase::Compensation));
 }

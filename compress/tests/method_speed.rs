@@ -36,7 +36,6 @@ fn deit_base_compression_wall_time() {
         budget_params: (0.4 * model.block_linear_params() as f64) as usize,
         batch: 8,
         threads: 0,
-        progress: true,
         ..PipelineOptions::default()
     };
     let started = Instant::now();

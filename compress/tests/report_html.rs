@@ -28,7 +28,6 @@ fn compress(keep: f64) -> Compressed {
         sensitivity_images: 8,
         batch: 8,
         threads: 1,
-        progress: false,
         ..PipelineOptions::default()
     };
     compress_model(&model, &calib, &opts).expect("compression succeeds")

@@ -246,7 +246,7 @@ pub fn pipeline_options(args: &Args, global: &Global) -> PipelineOptions {
         batch: args.batch,
         threads: args.threads,
         seed: args.seed,
-        progress: !global.quiet,
+        progress: super::progress::method(global),
         ..PipelineOptions::default()
     }
 }

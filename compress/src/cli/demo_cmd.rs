@@ -15,7 +15,6 @@ use factorvit_compress::report::units::{human_bytes, thousands};
 use factorvit_compress::writer;
 
 use super::compress_cmd;
-use super::eval_cmd;
 use super::model::{load_spec, open_model};
 use super::values::{self, Bound};
 use super::{CliError, Context, Global};
@@ -237,7 +236,7 @@ fn compress(
     let global = steps.global;
     let job = CompressJob {
         report: Some(paths.out.join(format!("keep-{keep}.report.html"))),
-        options: PipelineOptions { progress: !global.quiet, ..PipelineOptions::default() },
+        options: PipelineOptions { progress: super::progress::method(global), ..PipelineOptions::default() },
         ..CompressJob::new(
             dense_path,
             CalibrationSource { count: args.calib_count, ..CalibrationSource::new(&paths.calib) },
@@ -260,15 +259,13 @@ fn evaluate(rows: &mut [Row], data: &Path, global: &Global) -> Result<(), CliErr
     )
     .context(|| format!("cannot load evaluation data {}", data.display()))?;
     let run = |model: &factorvit::Model<'_>, what: &str| -> Result<eval::ModelOutputs, CliError> {
-        let pb = eval_cmd::progress(global, eval_data.n, what);
+        let pb = super::progress::bar(global, eval_data.n, what);
         let out = eval::run_model(
             model,
             &eval_data.pixel_values,
             eval_data.n,
             [eval_data.h, eval_data.w],
-            32,
-            0,
-            false,
+            eval::RunOptions { batch: 32, threads: 0, keep_tokens: false },
             |k| pb.inc(k as u64),
         )
         .map_err(|e| CliError::new(format!("cannot run {what}"), e));

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use factorvit_compress::data::LoadOptions;
 use factorvit_compress::job::configure_threads;
 use factorvit_compress::method::eval::{self, Metrics};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::compress_cmd::SplitArg;
 use super::model::open_model;
@@ -55,19 +54,6 @@ pub struct Args {
     pub threads: usize,
 }
 
-/// A progress bar on stderr (hidden with `--quiet`).
-pub fn progress(global: &Global, len: usize, what: &str) -> ProgressBar {
-    let target = if global.quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
-    let pb = ProgressBar::with_draw_target(Some(len as u64), target);
-    pb.set_style(
-        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb.set_prefix(what.to_string());
-    pb
-}
-
 /// Evaluates every `args.model` (and the reference once) and returns their metrics.
 pub fn evaluate(args: &Args, global: &Global) -> Result<Vec<Metrics>, CliError> {
     configure_threads(args.threads);
@@ -94,10 +80,15 @@ pub fn evaluate(args: &Args, global: &Global) -> Result<Vec<Metrics>, CliError> 
         }
     }
     let run = |m: &factorvit::Model<'_>, what: &str| -> Result<eval::ModelOutputs, CliError> {
-        let pb = progress(global, data.n, what);
-        let out = eval::run_model(m, &data.pixel_values, data.n, size, args.batch, args.threads, backbone, |k| {
-            pb.inc(k as u64)
-        })
+        let pb = super::progress::bar(global, data.n, what);
+        let out = eval::run_model(
+            m,
+            &data.pixel_values,
+            data.n,
+            size,
+            eval::RunOptions { batch: args.batch, threads: args.threads, keep_tokens: backbone },
+            |k| pb.inc(k as u64),
+        )
         .map_err(|e| CliError::new(format!("cannot run {what}"), e));
         pb.finish_and_clear();
         out

@@ -14,6 +14,7 @@ mod eval_cmd;
 mod infer;
 mod inspect_cmd;
 mod model;
+mod progress;
 mod run_cmd;
 mod values;
 

@@ -4,6 +4,9 @@
 //! and independent of thread scheduling; they do not need cryptographic quality. SplitMix64
 //! passes BigCrush, has a 64-bit state, and is trivially derived per (seed, image, crop) key so
 //! that parallel workers draw from independent streams.
+//!
+//! The compression method draws from the same generator ([`Rng::scrambled`] for its seeded
+//! validation split, synthetic models and tests; [`Rng::normal`], [`Rng::permutation`]).
 
 /// SplitMix64 generator (Steele, Lea & Flood, 2014).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +15,9 @@ pub struct Rng {
 }
 
 const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Offset of the seeds of [`Rng::scrambled`].
+const SCRAMBLE: u64 = 0x5851_F42D_4C95_7F2D;
 
 fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -23,6 +29,13 @@ impl Rng {
     /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Rng {
         Rng { state: seed }
+    }
+
+    /// A generator seeded with `seed ^ 0x5851_f42d_4c95_7f2d`: the compression method's seeded
+    /// draws (validation split, synthetic models, tests), which never replay a loader's
+    /// [`Rng::new`] stream of the same seed.
+    pub fn scrambled(seed: u64) -> Rng {
+        Rng::new(seed ^ SCRAMBLE)
     }
 
     /// A generator for the stream identified by `seed` and `keys` (e.g. image and crop index):
@@ -71,6 +84,29 @@ impl Rng {
     pub fn bernoulli(&mut self, p: f64) -> bool {
         self.next_f64() < p
     }
+
+    /// Standard normal (Box–Muller, one draw per pair of uniforms).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.next_f64().max(1e-300);
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (core::f64::consts::TAU * u2).cos()
+    }
+
+    /// A seeded permutation of `0..n` (Fisher–Yates; each index drawn by multiply-shift of 53
+    /// random bits, which defines the method's validation splits).
+    pub fn permutation(&mut self, n: usize) -> Vec<usize> {
+        let mut p: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = self.below_by_multiply(i + 1);
+            p.swap(i, j);
+        }
+        p
+    }
+
+    /// Integer in `0..n` (`n > 0`) as `⌊u·n⌋` for a 53-bit uniform `u` (bias below `n / 2^53`).
+    fn below_by_multiply(&mut self, n: usize) -> usize {
+        (((self.next_u64() >> 11) as u128 * n as u128) >> 53) as usize
+    }
 }
 
 #[cfg(test)]
@@ -105,6 +141,16 @@ mod tests {
         assert!(a.windows(2).all(|w| w[0] == w[1]));
         assert_ne!(Rng::derive(9, &[1, 2]).next_u64(), Rng::derive(9, &[2, 1]).next_u64());
         assert_ne!(Rng::derive(9, &[1]).next_u64(), Rng::derive(10, &[1]).next_u64());
+    }
+
+    #[test]
+    fn permutation_is_a_permutation_and_repeats() {
+        let p = Rng::scrambled(4).permutation(50);
+        let mut sorted = p.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+        assert_eq!(p, Rng::scrambled(4).permutation(50));
+        assert_ne!(p, Rng::scrambled(5).permutation(50));
     }
 
     #[test]

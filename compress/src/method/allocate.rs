@@ -189,6 +189,65 @@ pub fn total_cost(curves: &[LayerCurve], alloc: &[Allocation]) -> usize {
     alloc.iter().zip(curves).map(|(a, c)| a.cost(c)).sum()
 }
 
+/// How ranks are allocated: the policy and the ranks reserved per factored layer.
+#[derive(Debug, Clone, Copy)]
+pub struct AllocationRequest {
+    /// Block-linear parameter budget.
+    pub budget: usize,
+    /// Uniform fraction per layer instead of the greedy.
+    pub uniform: bool,
+    /// Extra ranks per factored layer, reserved from the budget before the allocation and added
+    /// after it (layers whose rank then reaches dense cost become dense).
+    pub residual_rank: usize,
+}
+
+/// The allocation of [`allocate_greedy`] (or [`allocate_uniform`]) under `request`, with the
+/// residual ranks added and, where dense switches overshoot the budget, ranks given back from
+/// the layers where they cost the least error.
+pub fn allocate_with_residual_ranks(
+    curves: &[LayerCurve],
+    request: AllocationRequest,
+) -> Result<Vec<Allocation>, MethodError> {
+    let residual_rank = request.residual_rank;
+    let reserve: usize = if residual_rank > 0 { curves.iter().map(|c| residual_rank * c.rank_cost()).sum() } else { 0 };
+    let alloc_budget = request.budget.checked_sub(reserve).ok_or_else(|| {
+        MethodError::Budget(format!("--residual-rank {residual_rank} needs {reserve} parameters, more than the budget"))
+    })?;
+    let mut alloc = if request.uniform {
+        allocate_uniform(curves, alloc_budget)?
+    } else {
+        allocate_greedy(curves, alloc_budget, 1)?
+    };
+    if residual_rank > 0 {
+        for (a, c) in alloc.iter_mut().zip(curves) {
+            if let Allocation::Rank(r) = *a {
+                let nr = r + residual_rank;
+                *a = if nr > c.max_factored_rank() { Allocation::Dense } else { Allocation::Rank(nr) };
+            }
+        }
+        // Dense switches may overshoot: give back ranks from the cheapest-error layers.
+        while total_cost(curves, &alloc) > request.budget {
+            let worst = alloc
+                .iter()
+                .enumerate()
+                .filter_map(|(i, a)| match a {
+                    Allocation::Rank(r) if *r > 1 => Some((i, curves[i].error[r - 1] - curves[i].error[*r])),
+                    _ => None,
+                })
+                .min_by(|a, b| a.1.total_cmp(&b.1));
+            match worst {
+                Some((i, _)) => {
+                    if let Allocation::Rank(r) = alloc[i] {
+                        alloc[i] = Allocation::Rank(r - 1);
+                    }
+                }
+                None => return Err(MethodError::Budget("cannot fit the residual ranks in the budget".into())),
+            }
+        }
+    }
+    Ok(alloc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

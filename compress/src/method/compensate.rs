@@ -415,12 +415,12 @@ pub fn adam_refine(
 #[cfg(test)]
 mod tests {
     use super::super::decompose::{corrected_bias, DEFAULT_REL_FLOOR};
-    use super::super::rng::SplitMix64;
     use super::*;
+    use crate::data::Rng;
 
     /// Aligned streams: x_o, and x_c = x_o·A + noise (a perturbed upstream).
     fn streams(rows: usize, n: usize, seed: u64, noise: f64) -> (Vec<f32>, Vec<f32>) {
-        let mut rng = SplitMix64::new(seed);
+        let mut rng = Rng::scrambled(seed);
         let mix = Mat::from_fn(n, n, |i, j| if i == j { 1.0 } else { 0.0 } + 0.3 * rng.normal() / (n as f64).sqrt());
         let mut xo = vec![0.0f32; rows * n];
         let mut xc = vec![0.0f32; rows * n];
@@ -458,7 +458,7 @@ mod tests {
         let (m, n, rank) = (5, 6, 2);
         let (xc, xo) = streams(500, n, 11, 0.1);
         let pm = moments(&xc, &xo, n);
-        let mut rng = SplitMix64::new(12);
+        let mut rng = Rng::scrambled(12);
         let w = Mat::from_fn(m, n, |_, _| rng.normal());
         let bias: Vec<f64> = (0..m).map(|_| rng.normal()).collect();
         let loss = SplitLoss::new(&w, Some(&bias), &pm);
@@ -470,7 +470,7 @@ mod tests {
         // ALS: alternate exact least squares for U (given V) and V (given U).
         let c = &loss.cov_c;
         for seed in 0..20 {
-            let mut r2 = SplitMix64::new(100 + seed);
+            let mut r2 = Rng::scrambled(100 + seed);
             let mut v = Mat::from_fn(rank, n, |_, _| r2.normal());
             let mut u = Mat::<f64>::zeros(m, rank);
             for _ in 0..300 {
@@ -504,7 +504,7 @@ mod tests {
             let (vxc, vxo) = streams(300, n, seed + 50, 0.3);
             let fit = moments(&xc, &xo, n);
             let val = moments(&vxc, &vxo, n);
-            let mut rng = SplitMix64::new(seed + 7);
+            let mut rng = Rng::scrambled(seed + 7);
             let w = Mat::from_fn(m, n, |_, _| rng.normal());
             let bias: Vec<f64> = (0..m).map(|_| rng.normal()).collect();
             for rank in 1..4 {
@@ -525,7 +525,7 @@ mod tests {
         // ‖Ŵ x_c + b̂ − W x_o − b − δ‖², and compensation on it must lower it.
         let (m, n, rows) = (4, 5, 300);
         let (xc, xo) = streams(rows, n, 31, 0.2);
-        let mut rng = SplitMix64::new(32);
+        let mut rng = Rng::scrambled(32);
         let mix = Mat::from_fn(m, n, |_, _| 0.3 * rng.normal());
         let delta: Vec<f32> = (0..rows * m)
             .map(|k| {

@@ -390,12 +390,12 @@ pub fn fit_low_rank_sparse(
 
 #[cfg(test)]
 mod tests {
-    use super::super::rng::SplitMix64;
     use super::*;
+    use crate::data::Rng;
 
     fn data(rows: usize, n: usize, seed: u64) -> Vec<f32> {
         // Correlated, anisotropic inputs with a non-zero mean.
-        let mut rng = SplitMix64::new(seed);
+        let mut rng = Rng::scrambled(seed);
         let mix = Mat::from_fn(n, n, |_, _| rng.normal());
         let scales: Vec<f64> = (0..n).map(|j| 2f64.powf(-(j as f64) / 3.0)).collect();
         let mut x = vec![0.0f32; rows * n];
@@ -429,7 +429,7 @@ mod tests {
         let x = data(rows, n, 1);
         let mut stats = super::super::stats::Moments::new(n);
         stats.add(&x, rows);
-        let mut rng = SplitMix64::new(2);
+        let mut rng = Rng::scrambled(2);
         let w = Mat::from_fn(m, n, |_, _| rng.normal());
         let b: Vec<f64> = (0..m).map(|_| rng.normal()).collect();
         let cov = stats.covariance();
@@ -462,7 +462,7 @@ mod tests {
         let x = data(rows, n, 3);
         let mut stats = super::super::stats::Moments::new(n);
         stats.add(&x, rows);
-        let mut rng = SplitMix64::new(4);
+        let mut rng = Rng::scrambled(4);
         let w = Mat::from_fn(m, n, |_, _| rng.normal());
         let eig = linalg::sym_eigen(stats.covariance().as_ref()).unwrap();
         let metric = Metric::from_eigen(&eig, 0.0, DEFAULT_REL_FLOOR);
@@ -485,7 +485,7 @@ mod tests {
         let mut mo = super::super::stats::Moments::new(n);
         mo.add(&x, 400);
         let cov = mo.covariance();
-        let mut rng = SplitMix64::new(6);
+        let mut rng = Rng::scrambled(6);
         let target = Mat::from_fn(9, n, |_, _| rng.normal());
         let eig = linalg::sym_eigen(cov.as_ref()).unwrap();
         let shift = 1e-3 * (0..n).map(|i| cov[(i, i)]).sum::<f64>() / n as f64;

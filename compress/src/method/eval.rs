@@ -79,19 +79,28 @@ pub struct ModelOutputs {
     pub dim: usize,
 }
 
-/// Runs `model` on `n` images (`[n, C, H, W]`, finite) in batches; `keep_tokens` keeps
-/// `last_hidden_state`.
-#[allow(clippy::too_many_arguments)]
+/// How [`run_model`] runs a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Images per batch (0 is taken as 1).
+    pub batch: usize,
+    /// Threads of the session (0 = all).
+    pub threads: usize,
+    /// Keep `last_hidden_state` (else only logits and pooled features).
+    pub keep_tokens: bool,
+}
+
+/// Runs `model` on `n` images (`[n, C, H, W]`, finite, `image_size` `[H, W]` or `[0, 0]` for the
+/// model's) in batches, calling `progress` with the images of every batch done.
 pub fn run_model(
     model: &Model<'_>,
     pixels: &[f32],
     n: usize,
     image_size: [usize; 2],
-    batch: usize,
-    threads: usize,
-    keep_tokens: bool,
+    run: RunOptions,
     mut progress: impl FnMut(usize),
 ) -> Result<ModelOutputs, MethodError> {
+    let RunOptions { batch, threads, keep_tokens } = run;
     if n == 0 {
         return Err(MethodError::Input("no images to evaluate".into()));
     }

@@ -11,7 +11,8 @@ use crate::checkpoint::{ModelSpec, SpecError, StoredTensor};
 /// indices as U16 when `n ≤ 65536`.
 pub fn apply_to_spec(spec: &mut ModelSpec, compressed: &Compressed, dtype: DType) -> Result<(), SpecError> {
     for layer in &compressed.layers {
-        let Some((approx, bias)) = &layer.replacement else { continue };
+        let Some(replacement) = &layer.replacement else { continue };
+        let (approx, bias) = (&replacement.approx, &replacement.bias);
         let (m, r, n) = (approx.u.nrows(), approx.rank(), approx.v.ncols());
         spec.tensors.remove(&format!("{}.weight", layer.name));
         let u = linalg::to_row_major(approx.u.as_ref());

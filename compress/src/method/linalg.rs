@@ -243,7 +243,7 @@ mod tests {
     use super::*;
 
     fn rand_mat(r: usize, c: usize, seed: u64) -> Matrix {
-        let mut rng = super::super::rng::SplitMix64::new(seed);
+        let mut rng = crate::data::Rng::scrambled(seed);
         Mat::from_fn(r, c, |_, _| rng.normal())
     }
 

@@ -7,18 +7,27 @@
 //! * [`decompose`]: whitened truncated SVD, bias correction, low-rank + sparse fit.
 //! * [`allocate`]: global greedy rank allocation.
 //! * [`compensate`]: closed-form (reduced-rank regression) compensation with a validation gate.
-//! * [`pipeline`]: the whole method over a model and calibration images.
+//! * [`pipeline`]: the whole method over a model and calibration images, as a sequence of phases:
+//!   `measure` (statistics, decomposition, sensitivity), [`allocate`], `factors`, `compensation`;
+//!   over `streams` (the one runner that embeds, advances, captures and finishes image chunks)
+//!   and `layer` (a block linear in the units of the loss). [`progress`]: its progress callback.
 //! * [`eval`]: accuracy and fidelity metrics.
 
 pub mod allocate;
 pub mod compensate;
+mod compensation;
 pub mod decompose;
 pub mod eval;
 pub mod export;
+mod factors;
+mod layer;
 pub mod linalg;
+mod measure;
 pub mod pipeline;
-pub mod rng;
+pub mod progress;
+mod sensitivity;
 pub mod stats;
+mod streams;
 pub mod synthetic;
 
 use std::fmt;

@@ -336,7 +336,7 @@ mod tests {
 
     #[test]
     fn weighted_rows_equal_repeated_rows() {
-        let mut rng = super::super::rng::SplitMix64::new(3);
+        let mut rng = crate::data::Rng::scrambled(3);
         let (rows, cols) = (12, 4);
         let x: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32 - 0.2).collect();
         let y: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32 + 0.1).collect();
@@ -363,7 +363,7 @@ mod tests {
 
     #[test]
     fn moments_match_naive_sums() {
-        let mut rng = super::super::rng::SplitMix64::new(9);
+        let mut rng = crate::data::Rng::scrambled(9);
         let (rows, cols) = (37, 5);
         let x: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32 + 0.3).collect();
         let mut m = Moments::new(cols);
@@ -386,7 +386,7 @@ mod tests {
     #[test]
     fn lower_triangle_gram_matches_naive_product_on_odd_widths() {
         // Widths around faer's register tiles, chunks of uneven length.
-        let mut rng = super::super::rng::SplitMix64::new(21);
+        let mut rng = crate::data::Rng::scrambled(21);
         for (rows, cols) in [(50usize, 1usize), (61, 13), (203, 70)] {
             let x: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32 - 0.1).collect();
             let mut m = Moments::new(cols);
@@ -412,7 +412,7 @@ mod tests {
 
     #[test]
     fn target_moments_match_naive_sums_with_weights() {
-        let mut rng = super::super::rng::SplitMix64::new(5);
+        let mut rng = crate::data::Rng::scrambled(5);
         let (rows, cols, dim) = (29usize, 6usize, 3usize);
         let xc: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32 + 0.2).collect();
         let tg: Vec<f32> = (0..rows * dim).map(|_| rng.normal() as f32 * 0.5 + 0.3).collect();

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use factorvit::{GlobalPool, Head, Interpolation, ModelConfig, PosInterpolation, Preprocess};
 
-use super::rng::SplitMix64;
 use crate::checkpoint::{ModelSpec, SpecError, StoredTensor};
+use crate::data::Rng;
 
 /// Geometry of a synthetic ViT.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +44,7 @@ impl SyntheticVit {
 
 /// A random model of geometry `g` (f32 tensors).
 pub fn random_vit_spec(g: &SyntheticVit, seed: u64) -> Result<ModelSpec, SpecError> {
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = Rng::scrambled(seed);
     let mut t: BTreeMap<String, StoredTensor> = BTreeMap::new();
     let mut put = |name: &str, shape: Vec<usize>, f: &mut dyn FnMut() -> f64| -> Result<(), SpecError> {
         let n: usize = shape.iter().product();
@@ -55,11 +55,11 @@ pub fn random_vit_spec(g: &SyntheticVit, seed: u64) -> Result<ModelSpec, SpecErr
     let grid = g.image / g.patch;
     let d = g.dim;
     let pe_in = g.channels * g.patch * g.patch;
-    let normal = |scale: f64, rng: &mut SplitMix64| rng.normal() * scale;
+    let normal = |scale: f64, rng: &mut Rng| rng.normal() * scale;
     put("patch_embed.weight", vec![d, g.channels, g.patch, g.patch], &mut || {
         normal(1.0 / (pe_in as f64).sqrt(), &mut rng)
     })?;
-    let mut r2 = SplitMix64::new(seed ^ 1);
+    let mut r2 = Rng::scrambled(seed ^ 1);
     put("patch_embed.bias", vec![d], &mut || 0.02 * r2.normal())?;
     put("cls_token", vec![1, 1, d], &mut || 0.5 * r2.normal())?;
     put("pos_embed", vec![1, 1 + grid * grid, d], &mut || 0.5 * r2.normal())?;
@@ -130,13 +130,13 @@ pub fn random_vit_spec(g: &SyntheticVit, seed: u64) -> Result<ModelSpec, SpecErr
 
 /// Random normalised images `[n, C, H, W]` for a geometry (smooth blobs plus noise).
 pub fn random_images(g: &SyntheticVit, n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = Rng::scrambled(seed);
     let mut out = Vec::with_capacity(n * g.channels * g.image * g.image);
     for _ in 0..n {
         let (cx, cy, s) = (
-            rng.uniform() * g.image as f64,
-            rng.uniform() * g.image as f64,
-            2.0 + rng.uniform() * g.image as f64 / 3.0,
+            rng.next_f64() * g.image as f64,
+            rng.next_f64() * g.image as f64,
+            2.0 + rng.next_f64() * g.image as f64 / 3.0,
         );
         for _ in 0..g.channels {
             let amp = rng.normal();
