@@ -26,7 +26,7 @@ use image::RgbImage;
 pub use augment::{augmented_crop, sample_crop_box, CropAugment, CropBox};
 
 pub use crate::data::DataError;
-use resample::{resize_region, Region};
+use resample::{resize_region, Pixels, Region};
 
 /// Largest number of pixels an intermediate (resized) image may have: 2^28, far above any
 /// sensible eval resize, low enough that a hostile aspect ratio cannot exhaust memory.
@@ -72,6 +72,11 @@ impl<'a> ImageView<'a> {
     /// The interleaved bytes, row-major.
     pub fn data(&self) -> &'a [u8] {
         self.data
+    }
+
+    /// The resampler's view of the same bytes.
+    fn pixels(&self) -> Pixels<'a> {
+        Pixels { data: self.data, width: self.width, height: self.height, channels: self.channels }
     }
 
     /// An owned copy.
@@ -185,7 +190,7 @@ pub fn resize(img: ImageView<'_>, width: usize, height: usize, filter: Interpola
     check_source(img)?;
     check_target(width, height, img.channels)?;
     let region = Region { x0: 0, y0: 0, x1: width, y1: height };
-    let data = resize_region(img.data, img.width, img.height, img.channels, width, height, filter, region);
+    let data = resize_region(img.pixels(), width, height, filter, region);
     Ok(ImageU8 { width, height, channels: img.channels, data })
 }
 
@@ -393,7 +398,7 @@ pub fn eval_transform_u8(img: ImageView<'_>, pre: &Preprocess) -> Result<ImageU8
         check_target(rw, rh, img.channels)?;
         let (x0, y0) = (crop_left as usize, crop_top as usize);
         let region = Region { x0, y0, x1: x0 + cw, y1: y0 + ch };
-        let data = resize_region(img.data, img.width, img.height, img.channels, rw, rh, geometry.interpolation, region);
+        let data = resize_region(img.pixels(), rw, rh, geometry.interpolation, region);
         Ok(ImageU8 { width: cw, height: ch, channels: img.channels, data })
     } else {
         let resized = resize(img, rw, rh, geometry.interpolation)?;

@@ -136,6 +136,15 @@ pub(crate) struct Region {
     pub y1: usize,
 }
 
+/// An interleaved 8-bit source image: `width × height × channels` bytes, row-major.
+#[derive(Clone, Copy)]
+pub(crate) struct Pixels<'a> {
+    pub data: &'a [u8],
+    pub width: usize,
+    pub height: usize,
+    pub channels: usize,
+}
+
 /// Resizes `src` (`width × height × channels`, interleaved) to `out_w × out_h` exactly like
 /// `PIL.Image.resize((out_w, out_h), filter)` and returns only the pixels of `region` of that
 /// output (row-major, interleaved). Computing a sub-rectangle gives the same bytes as cropping
@@ -143,17 +152,8 @@ pub(crate) struct Region {
 ///
 /// The caller guarantees non-zero sizes, `src.len() == width * height * channels`, and a
 /// region inside `out_w × out_h`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn resize_region(
-    src: &[u8],
-    width: usize,
-    height: usize,
-    channels: usize,
-    out_w: usize,
-    out_h: usize,
-    filter: Interpolation,
-    region: Region,
-) -> Vec<u8> {
+pub(crate) fn resize_region(source: Pixels<'_>, out_w: usize, out_h: usize, filter: Interpolation, region: Region) -> Vec<u8> {
+    let Pixels { data: src, width, height, channels } = source;
     debug_assert_eq!(src.len(), width * height * channels);
     debug_assert!(region.x1 <= out_w && region.y1 <= out_h);
     debug_assert!(region.x0 <= region.x1 && region.y0 <= region.y1);
@@ -161,9 +161,9 @@ pub(crate) fn resize_region(
         return copy_region(src, width, channels, region);
     }
     match filter {
-        Interpolation::Nearest => nearest(src, width, height, channels, out_w, out_h, region),
-        Interpolation::Bilinear => convolve(src, width, height, channels, out_w, out_h, Kernel::Bilinear, region),
-        Interpolation::Bicubic => convolve(src, width, height, channels, out_w, out_h, Kernel::Bicubic, region),
+        Interpolation::Nearest => nearest(source, out_w, out_h, region),
+        Interpolation::Bilinear => convolve(source, out_w, out_h, Kernel::Bilinear, region),
+        Interpolation::Bicubic => convolve(source, out_w, out_h, Kernel::Bicubic, region),
     }
 }
 
@@ -177,17 +177,8 @@ fn copy_region(src: &[u8], width: usize, channels: usize, region: Region) -> Vec
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-fn convolve(
-    src: &[u8],
-    width: usize,
-    height: usize,
-    channels: usize,
-    out_w: usize,
-    out_h: usize,
-    kernel: Kernel,
-    region: Region,
-) -> Vec<u8> {
+fn convolve(source: Pixels<'_>, out_w: usize, out_h: usize, kernel: Kernel, region: Region) -> Vec<u8> {
+    let Pixels { data: src, width, height, channels } = source;
     let need_horizontal = out_w != width;
     let need_vertical = out_h != height;
     let region_w = region.x1 - region.x0;
@@ -310,15 +301,8 @@ fn nearest_table(in_size: usize, out_size: usize) -> Vec<usize> {
     table
 }
 
-fn nearest(
-    src: &[u8],
-    width: usize,
-    height: usize,
-    channels: usize,
-    out_w: usize,
-    out_h: usize,
-    region: Region,
-) -> Vec<u8> {
+fn nearest(source: Pixels<'_>, out_w: usize, out_h: usize, region: Region) -> Vec<u8> {
+    let Pixels { data: src, width, height, channels } = source;
     let xs = nearest_table(width, out_w);
     let ys = nearest_table(height, out_h);
     let mut out = Vec::with_capacity((region.x1 - region.x0) * (region.y1 - region.y0) * channels);
