@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 
 use crate::config::{GlobalPool, Head, PosInterpolation};
 use crate::error::{Error, Result};
-use crate::kernels::{self, Backend, Epilogue, Gemm, MatB, Scratch, WeightSlice};
+use crate::kernels::{self, Backend, Csr, Epilogue, Gemm, MatB, Rows, RowsMut, Scratch, WeightSlice};
 use crate::model::{BlockLinear, Linear, LinearRepr, Model, Norm};
 use crate::parallel::{split_range, Exec};
 use crate::resample;
@@ -601,15 +601,11 @@ impl<'m, 'a> Session<'m, 'a> {
 
         kernels::layer_norm(
             backend,
-            rows,
-            d,
-            &self.x,
-            d,
+            Rows::new(&self.x, rows, d, d),
             &block.norm1.weight,
             &block.norm1.bias,
             c.layer_norm_eps,
-            &mut self.xn,
-            d,
+            RowsMut::new(&mut self.xn, rows, d, d),
         );
         observer.linear_input(i, BlockLinear::Qkv, &self.xn[..rows * d], rows, d);
         if last == Some(BlockLinear::Qkv) {
@@ -651,15 +647,11 @@ impl<'m, 'a> Session<'m, 'a> {
 
         kernels::layer_norm(
             backend,
-            rows,
-            d,
-            &self.x,
-            d,
+            Rows::new(&self.x, rows, d, d),
             &block.norm2.weight,
             &block.norm2.bias,
             c.layer_norm_eps,
-            &mut self.xn,
-            d,
+            RowsMut::new(&mut self.xn, rows, d, d),
         );
         observer.linear_input(i, BlockLinear::Fc1, &self.xn[..rows * d], rows, d);
         if last == Some(BlockLinear::Fc1) {
@@ -823,15 +815,11 @@ impl<'m, 'a> Session<'m, 'a> {
         if let Some(norm) = &model.norm {
             kernels::layer_norm(
                 backend,
-                rows,
-                d,
-                &self.x,
-                d,
+                Rows::new(&self.x, rows, d, d),
                 &norm.weight,
                 &norm.bias,
                 c.layer_norm_eps,
-                &mut self.last_hidden,
-                d,
+                RowsMut::new(&mut self.last_hidden, rows, d, d),
             );
         }
         let hidden: &[f32] = if model.norm.is_some() { &self.last_hidden[..rows * d] } else { &self.x[..rows * d] };
@@ -852,7 +840,14 @@ impl<'m, 'a> Session<'m, 'a> {
         }
         if let Some(Norm { weight, bias }) = &model.fc_norm {
             // In place through a copy-free trick: normalise row by row into `xn` then copy back.
-            kernels::layer_norm(backend, n, d, &self.pooled, d, weight, bias, c.layer_norm_eps, &mut self.xn, d);
+            kernels::layer_norm(
+                backend,
+                Rows::new(&self.pooled, n, d, d),
+                weight,
+                bias,
+                c.layer_norm_eps,
+                RowsMut::new(&mut self.xn, n, d, d),
+            );
             self.pooled[..n * d].copy_from_slice(&self.xn[..n * d]);
         }
         let mut bufs = LinearBuffers { low_rank: &mut self.low_rank, lin_out: &mut self.lin_out, xt: &mut self.xt };
@@ -1006,7 +1001,14 @@ fn apply_linear_strided(
                         scratch,
                         Gemm { m: rows, a: tmp, lda: r, b: ub, c: y, ldc: m, epilogue: ep },
                     );
-                    kernels::sparse_add(backend, rows, row_ptr, col_idx, values, input, lda, y, m, bufs.xt);
+                    let s = Csr { row_ptr, col_idx, values };
+                    kernels::sparse_add(
+                        backend,
+                        s,
+                        Rows::new(input, rows, n, lda),
+                        RowsMut::new(y, rows, m, m),
+                        bufs.xt,
+                    );
                     if !plain {
                         let y = &mut bufs.lin_out[..rows * m];
                         if epilogue.gelu {
