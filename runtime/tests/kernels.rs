@@ -685,31 +685,13 @@ fn csr(rng: &mut Rng, m: usize, n: usize, per_row: usize) -> (Vec<u32>, Vec<u32>
 
 /// Checks `sparse_add` on `backend` against an f64 reference: each output is `y0 + Σ v·x` over
 /// the row's nonzeros, accumulated in f32 (bound `2(nnz + 2)·u·Σ|v·x|`) and added to `y0` (one
-/// more rounding).
-#[allow(clippy::too_many_arguments)]
-fn check_sparse(
-    backend: Backend,
-    tokens: usize,
-    row_ptr: &[u32],
-    idx: SparseIndices<'_>,
-    cols32: &[u32],
-    vals: WeightSlice<'_>,
-    x: &[f32],
-    ldx: usize,
-    y0: &[f32],
-    ldy: usize,
-    n: usize,
-) {
-    let m = row_ptr.len() - 1;
+/// more rounding). `cols32` are the column indices of `s` as u32; `y0` has row stride `ldy`.
+fn check_sparse(backend: Backend, s: Csr<'_>, cols32: &[u32], x: Rows<'_>, y0: &[f32], ldy: usize) {
+    let (row_ptr, vals, m) = (s.row_ptr, s.values, s.rows());
+    let (tokens, n) = (x.rows(), x.cols());
     let mut y = y0.to_vec();
     let mut xt = vec![0.0f32; n * tokens];
-    sparse_add(
-        backend,
-        Csr { row_ptr, col_idx: idx, values: vals },
-        Rows::new(x, tokens, n, ldx),
-        RowsMut::new(&mut y, tokens, row_ptr.len() - 1, ldy),
-        &mut xt,
-    );
+    sparse_add(backend, s, x, RowsMut::new(&mut y, tokens, m, ldy), &mut xt);
     for t in 0..tokens {
         for j in 0..ldy {
             let got = y[t * ldy + j] as f64;
@@ -719,8 +701,8 @@ fn check_sparse(
             }
             let (s, e) = (row_ptr[j] as usize, row_ptr[j + 1] as usize);
             let (mut acc, mut abs) = (0.0f64, 0.0f64);
-            for q in s..e {
-                let v = vals.get(q) as f64 * x[t * ldx + cols32[q] as usize] as f64;
+            for (q, &c) in cols32.iter().enumerate().take(e).skip(s) {
+                let v = vals.get(q) as f64 * x.row(t)[c as usize] as f64;
                 acc += v;
                 abs += v.abs();
             }
@@ -746,7 +728,8 @@ fn sparse_add_matches_reference() {
             for dt in DTS {
                 let vs = Store::new(dt, &vals);
                 for idx in [SparseIndices::U16(&cols16), SparseIndices::U32(&cols32)] {
-                    check_sparse(backend, tokens, &row_ptr, idx, &cols32, vs.slice(), &x, ldx, &y0, ldy, n);
+                    let s = Csr { row_ptr: &row_ptr, col_idx: idx, values: vs.slice() };
+                    check_sparse(backend, s, &cols32, Rows::new(&x, tokens, n, ldx), &y0, ldy);
                 }
             }
         }
@@ -873,7 +856,8 @@ mod prop {
             let x = rng.vec(tokens * n, 1.0);
             let y0 = rng.vec(tokens * m, 1.0);
             for backend in Backend::available() {
-                check_sparse(backend, tokens, &row_ptr, SparseIndices::U32(&cols), &cols, vs.slice(), &x, n, &y0, m, n);
+                let s = Csr { row_ptr: &row_ptr, col_idx: SparseIndices::U32(&cols), values: vs.slice() };
+                check_sparse(backend, s, &cols, Rows::new(&x, tokens, n, n), &y0, m);
             }
         }
     }
