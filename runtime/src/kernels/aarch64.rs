@@ -16,13 +16,12 @@
 
 use core::arch::aarch64::*;
 use core::arch::asm;
-use core::ptr;
 
 use half::{bf16, f16};
 
 use super::backend::Kernels;
 use super::driver::{Arch, Tile, NR};
-use super::simd::{self, simd_arch, simd_kernels, with_typed_csr, Gelu, Simd, TypedCsr};
+use super::simd::{self, impl_simd, simd_arch, simd_kernels, with_typed_csr, Gelu, Simd, TypedCsr};
 use super::types::fits;
 use super::{scalar, BLayout, Backend, Csr, MatB, Problem, Rows, RowsMut, Scratch, SparseIndices, WeightSlice};
 
@@ -45,61 +44,25 @@ impl Neon {
     }
 }
 
-// SAFETY (every method): register-only NEON arithmetic, baseline on aarch64; pointer
-// requirements are the methods' own contracts.
-impl Simd for Neon {
-    type V = float32x4_t;
-    const LANES: usize = 4;
-    #[inline(always)]
-    fn zero(self) -> float32x4_t {
-        // SAFETY: see the impl.
-        unsafe { vdupq_n_f32(0.0) }
-    }
-    #[inline(always)]
-    fn splat(self, x: f32) -> float32x4_t {
-        // SAFETY: see the impl.
-        unsafe { vdupq_n_f32(x) }
-    }
-    #[inline(always)]
-    unsafe fn load(self, p: *const f32) -> float32x4_t {
-        // SAFETY: see the impl.
-        unsafe { vld1q_f32(p) }
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32, v: float32x4_t) {
-        // SAFETY: see the impl.
-        unsafe { vst1q_f32(p, v) }
-    }
-    #[inline(always)]
-    fn add(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
-        // SAFETY: see the impl.
-        unsafe { vaddq_f32(a, b) }
-    }
-    #[inline(always)]
-    fn sub(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
-        // SAFETY: see the impl.
-        unsafe { vsubq_f32(a, b) }
-    }
-    #[inline(always)]
-    fn mul(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
-        // SAFETY: see the impl.
-        unsafe { vmulq_f32(a, b) }
-    }
-    #[inline(always)]
-    fn mul_add(self, a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
-        // SAFETY: see the impl.
-        unsafe { vfmaq_f32(c, a, b) }
-    }
-    #[inline(always)]
-    fn hsum(self, v: float32x4_t) -> f32 {
-        // SAFETY: see the impl.
-        unsafe { vaddvq_f32(v) }
-    }
-    #[inline(always)]
-    fn gelu(self, v: float32x4_t) -> float32x4_t {
-        gelu4(v)
-    }
-}
+impl_simd!(Neon, float32x4_t, lanes = 4, {
+    zero => vdupq_n_f32(0.0),
+    splat(x) => vdupq_n_f32(x),
+    load(p) => vld1q_f32(p),
+    store(p, v) => vst1q_f32(p, v),
+    add(a, b) => vaddq_f32(a, b),
+    sub(a, b) => vsubq_f32(a, b),
+    mul(a, b) => vmulq_f32(a, b),
+    mul_add(a, b, c) => vfmaq_f32(c, a, b),
+    hsum(v) => vaddvq_f32(v),
+    gelu(v) => gelu4(v),
+    transpose_block(src, lds, dst, ldd) => {
+        let v = [vld1q_f32(src), vld1q_f32(src.add(lds)), vld1q_f32(src.add(2 * lds)), vld1q_f32(src.add(3 * lds))];
+        let t = transpose4(&v);
+        for q in 0..4 {
+            vst1q_f32(dst.add(q * ldd), t[q]);
+        }
+    },
+});
 
 /// A weight element type that can be loaded as f32.
 trait Elem: Copy {
@@ -385,8 +348,6 @@ unsafe fn gemv_nk<T: Elem>(p: &Problem<'_>, w: *const T) {
     let ld = p.b.ld;
     let a = p.a.as_ptr();
     let k4 = k / 4 * 4;
-    let bias = p.bias.map_or(ptr::null(), |b| b.as_ptr());
-    let scale = p.scale.map_or(ptr::null(), |s| s.as_ptr());
     let mut j = 0;
     while j < p.n {
         let cols = (p.n - j).min(8);
@@ -415,20 +376,7 @@ unsafe fn gemv_nk<T: Elem>(p: &Problem<'_>, w: *const T) {
                 sums[r] = vaddvq_f32(acc[r]) + x;
             }
             let s = [[vld1q_f32(sums.as_ptr()), vld1q_f32(sums.as_ptr().add(4))]];
-            let c = p.c.add(j);
-            let t = Tile {
-                first: true,
-                last: true,
-                cols,
-                part: c,
-                ldp: p.ldc,
-                c,
-                ldc: p.ldc,
-                bias: if bias.is_null() { bias } else { bias.add(j) },
-                scale: if scale.is_null() { scale } else { scale.add(j) },
-                gelu: p.gelu,
-                accumulate: p.accumulate,
-            };
+            let t = Tile::row_segment(p, j, cols);
             simd::finish::<Neon, 1, 2>(Neon::baseline(), &s, &t);
         }
         j += 8;
@@ -482,45 +430,6 @@ fn gelu_slice(isa: Neon, x: &mut [f32]) {
 /// `y += s ⊙ x` (or `y += x`) over equal-length slices.
 fn axpy_vec(isa: Neon, y: &mut [f32], x: &[f32], s: Option<&[f32]>) {
     simd::axpy(isa, y, x, s)
-}
-
-/// `xt[p * tokens + t] = x[t * ldx + p]` for `t < tokens`, `p < n`.
-fn transpose_into(x: &[f32], ldx: usize, tokens: usize, n: usize, xt: &mut [f32]) {
-    assert!(n.checked_mul(tokens).is_some_and(|need| xt.len() >= need), "sparse_add: xt too small");
-    if n == 0 || tokens == 0 {
-        return;
-    }
-    assert!(fits(tokens, ldx, n, x.len()), "sparse_add: X too small");
-    let (t4, n4) = (tokens / 4 * 4, n / 4 * 4);
-    let (xp, tp) = (x.as_ptr(), xt.as_mut_ptr());
-    // SAFETY: reads `x[t * ldx + p]` and writes `xt[p * tokens + t]` for `t < tokens`, `p < n`,
-    // both in bounds (asserted above).
-    unsafe {
-        for t0 in (0..t4).step_by(4) {
-            for p0 in (0..n4).step_by(4) {
-                let v = [
-                    vld1q_f32(xp.add(t0 * ldx + p0)),
-                    vld1q_f32(xp.add((t0 + 1) * ldx + p0)),
-                    vld1q_f32(xp.add((t0 + 2) * ldx + p0)),
-                    vld1q_f32(xp.add((t0 + 3) * ldx + p0)),
-                ];
-                let t = transpose4(&v);
-                for q in 0..4 {
-                    vst1q_f32(tp.add((p0 + q) * tokens + t0), t[q]);
-                }
-            }
-            for p in n4..n {
-                for r in 0..4 {
-                    *tp.add(p * tokens + t0 + r) = *xp.add((t0 + r) * ldx + p);
-                }
-            }
-        }
-        for t in t4..tokens {
-            for p in 0..n {
-                *tp.add(p * tokens + t) = *xp.add(t * ldx + p);
-            }
-        }
-    }
 }
 
 /// Column index types of the CSR kernels.
@@ -586,7 +495,7 @@ fn sparse_add_typed<I: Index, V: Elem>(s: TypedCsr<'_, I, V>, x: Rows<'_>, y: Ro
     let (y, ldy) = (y.data, y.ld);
     let rows = row_ptr.len() - 1;
     assert!(fits(tokens, ldy, rows, y.len()), "sparse_add: Y too small");
-    transpose_into(x, ldx, tokens, n, xt);
+    simd::transpose_into(Neon::baseline(), x, ldx, tokens, n, xt);
     let xt = &xt[..n * tokens];
     let t4 = tokens / 4 * 4;
     let mut out = [[0.0f32; TOKENS]; ROWS];

@@ -61,6 +61,27 @@ pub(crate) struct Tile {
     pub accumulate: bool,
 }
 
+impl Tile {
+    /// The tile of columns `j..j + cols` of output row 0 of `p`, computed in one k block and
+    /// stored straight to C (what the matrix-vector kernels produce).
+    pub(crate) fn row_segment(p: &Problem<'_>, j: usize, cols: usize) -> Tile {
+        let c = p.c.wrapping_add(j);
+        Tile {
+            first: true,
+            last: true,
+            cols,
+            part: c,
+            ldp: p.ldc,
+            c,
+            ldc: p.ldc,
+            bias: p.bias.map_or(core::ptr::null(), |b| b.as_ptr().wrapping_add(j)),
+            scale: p.scale.map_or(core::ptr::null(), |s| s.as_ptr().wrapping_add(j)),
+            gelu: p.gelu,
+            accumulate: p.accumulate,
+        }
+    }
+}
+
 /// An instruction set with a GEMM micro-kernel. Implemented by zero-sized tokens that can only
 /// be obtained after the CPU features were detected.
 pub(crate) trait Arch: Copy {

@@ -13,6 +13,7 @@
 use core::ptr;
 
 use super::driver::{Tile, MR, NR};
+use super::types::fits;
 
 /// The f32 vector primitives of one ISA, implemented by the backend's token (whose existence
 /// proves the CPU supports the ISA, which is why the register-only methods are safe).
@@ -47,7 +48,94 @@ pub(crate) trait Simd: Copy {
     fn hsum(self, v: Self::V) -> f32;
     /// Exact GELU of every lane (the ISA's vector form of `scalar::gelu_one`).
     fn gelu(self, v: Self::V) -> Self::V;
+    /// Transposes the `LANES × LANES` block at `src` (row stride `lds`) into `dst` (row stride
+    /// `ldd`): `dst[q * ldd + r] = src[r * lds + q]`.
+    ///
+    /// # Safety
+    /// `src` is valid for `LANES` rows of `LANES` reads at stride `lds`, `dst` for `LANES` rows
+    /// of `LANES` writes at stride `ldd`, and the two do not overlap.
+    unsafe fn transpose_block(self, src: *const f32, lds: usize, dst: *mut f32, ldd: usize);
 }
+
+/// Implements [`Simd`] for an ISA token from one intrinsic expression per primitive (the
+/// argument names are bound by the invocation). The token proves the ISA, so each expression
+/// runs in an `unsafe` block whose only obligations are the pointer contracts of the primitive.
+macro_rules! impl_simd {
+    ($isa:ty, $v:ty, lanes = $lanes:literal, {
+        zero => $zero:expr,
+        splat($sx:ident) => $splat:expr,
+        load($lp:ident) => $load:expr,
+        store($sp:ident, $sv:ident) => $store:expr,
+        add($aa:ident, $ab:ident) => $add:expr,
+        sub($sa:ident, $sb:ident) => $sub:expr,
+        mul($ma:ident, $mb:ident) => $mul:expr,
+        mul_add($fa:ident, $fb:ident, $fc:ident) => $mul_add:expr,
+        hsum($hv:ident) => $hsum:expr,
+        gelu($gv:ident) => $gelu:expr,
+        transpose_block($ts:ident, $tls:ident, $td:ident, $tld:ident) => $transpose:expr $(,)?
+    }) => {
+        impl Simd for $isa {
+            type V = $v;
+            const LANES: usize = $lanes;
+            #[inline(always)]
+            fn zero(self) -> $v {
+                // SAFETY: `self` proves the ISA; register-only.
+                unsafe { $zero }
+            }
+            #[inline(always)]
+            fn splat(self, $sx: f32) -> $v {
+                // SAFETY: `self` proves the ISA; register-only.
+                unsafe { $splat }
+            }
+            #[inline(always)]
+            unsafe fn load(self, $lp: *const f32) -> $v {
+                // SAFETY: `self` proves the ISA; the pointer contract is the caller's.
+                unsafe { $load }
+            }
+            #[inline(always)]
+            unsafe fn store(self, $sp: *mut f32, $sv: $v) {
+                // SAFETY: `self` proves the ISA; the pointer contract is the caller's.
+                unsafe { $store }
+            }
+            #[inline(always)]
+            fn add(self, $aa: $v, $ab: $v) -> $v {
+                // SAFETY: `self` proves the ISA; register-only.
+                unsafe { $add }
+            }
+            #[inline(always)]
+            fn sub(self, $sa: $v, $sb: $v) -> $v {
+                // SAFETY: `self` proves the ISA; register-only.
+                unsafe { $sub }
+            }
+            #[inline(always)]
+            fn mul(self, $ma: $v, $mb: $v) -> $v {
+                // SAFETY: `self` proves the ISA; register-only.
+                unsafe { $mul }
+            }
+            #[inline(always)]
+            fn mul_add(self, $fa: $v, $fb: $v, $fc: $v) -> $v {
+                // SAFETY: `self` proves the ISA; register-only.
+                unsafe { $mul_add }
+            }
+            #[inline(always)]
+            fn hsum(self, $hv: $v) -> f32 {
+                // SAFETY: `self` proves the ISA; register-only.
+                unsafe { $hsum }
+            }
+            #[inline(always)]
+            fn gelu(self, $gv: $v) -> $v {
+                // SAFETY: `self` proves the ISA; register-only.
+                unsafe { $gelu }
+            }
+            #[inline(always)]
+            unsafe fn transpose_block(self, $ts: *const f32, $tls: usize, $td: *mut f32, $tld: usize) {
+                // SAFETY: `self` proves the ISA; the pointer contract is the caller's.
+                unsafe { $transpose }
+            }
+        }
+    };
+}
+pub(crate) use impl_simd;
 
 /// The widest vector of any backend, in lanes (sizes the padded tail buffers).
 pub(crate) const MAX_LANES: usize = 8;
@@ -317,6 +405,42 @@ pub(crate) fn axpy<S: Simd>(s: S, y: &mut [f32], x: &[f32], scale: Option<&[f32]
                 for j in i..n {
                     y[j] += x[j];
                 }
+            }
+        }
+    }
+}
+
+/// `xt[p * tokens + t] = x[t * ldx + p]` for `t < tokens`, `p < n` (`LANES × LANES` blocks,
+/// then the edges element by element).
+///
+/// # Panics
+/// If `xt` has fewer than `n * tokens` elements or `x` is too small for `tokens × n` at `ldx`.
+#[inline(always)]
+pub(crate) fn transpose_into<S: Simd>(s: S, x: &[f32], ldx: usize, tokens: usize, n: usize, xt: &mut [f32]) {
+    assert!(n.checked_mul(tokens).is_some_and(|need| xt.len() >= need), "sparse_add: xt too small");
+    if n == 0 || tokens == 0 {
+        return;
+    }
+    assert!(fits(tokens, ldx, n, x.len()), "sparse_add: X too small");
+    let l = S::LANES;
+    let (tl, nl) = (tokens / l * l, n / l * l);
+    let (xp, tp) = (x.as_ptr(), xt.as_mut_ptr());
+    // SAFETY: reads `x[t * ldx + p]` and writes `xt[p * tokens + t]` for `t < tokens`, `p < n`,
+    // both in bounds (asserted above); the blocks are inside those ranges.
+    unsafe {
+        for t0 in (0..tl).step_by(l) {
+            for p0 in (0..nl).step_by(l) {
+                s.transpose_block(xp.add(t0 * ldx + p0), ldx, tp.add(p0 * tokens + t0), tokens);
+            }
+            for p in nl..n {
+                for r in 0..l {
+                    *tp.add(p * tokens + t0 + r) = *xp.add((t0 + r) * ldx + p);
+                }
+            }
+        }
+        for t in tl..tokens {
+            for p in 0..n {
+                *tp.add(p * tokens + t) = *xp.add(t * ldx + p);
             }
         }
     }

@@ -16,13 +16,12 @@
 #![allow(clippy::needless_range_loop, unused_unsafe)]
 
 use core::arch::x86_64::*;
-use core::ptr;
 
 use half::{bf16, f16};
 
 use super::backend::Kernels;
 use super::driver::{Arch, Tile, NR};
-use super::simd::{self, simd_arch, simd_kernels, with_typed_csr, Gelu, Simd, TypedCsr};
+use super::simd::{self, impl_simd, simd_arch, simd_kernels, with_typed_csr, Gelu, Simd, TypedCsr};
 use super::types::fits;
 use super::{BLayout, Backend, Csr, MatB, Problem, Rows, RowsMut, Scratch, SparseIndices, WeightSlice};
 
@@ -48,62 +47,28 @@ impl Avx2 {
     }
 }
 
-// SAFETY (every method): `self` proves the CPU has AVX2, FMA and F16C; pointer requirements are
-// the methods' own contracts.
-impl Simd for Avx2 {
-    type V = __m256;
-    const LANES: usize = 8;
-    #[inline(always)]
-    fn zero(self) -> __m256 {
-        // SAFETY: see the impl.
-        unsafe { _mm256_setzero_ps() }
-    }
-    #[inline(always)]
-    fn splat(self, x: f32) -> __m256 {
-        // SAFETY: see the impl.
-        unsafe { _mm256_set1_ps(x) }
-    }
-    #[inline(always)]
-    unsafe fn load(self, p: *const f32) -> __m256 {
-        // SAFETY: see the impl.
-        unsafe { _mm256_loadu_ps(p) }
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32, v: __m256) {
-        // SAFETY: see the impl.
-        unsafe { _mm256_storeu_ps(p, v) }
-    }
-    #[inline(always)]
-    fn add(self, a: __m256, b: __m256) -> __m256 {
-        // SAFETY: see the impl.
-        unsafe { _mm256_add_ps(a, b) }
-    }
-    #[inline(always)]
-    fn sub(self, a: __m256, b: __m256) -> __m256 {
-        // SAFETY: see the impl.
-        unsafe { _mm256_sub_ps(a, b) }
-    }
-    #[inline(always)]
-    fn mul(self, a: __m256, b: __m256) -> __m256 {
-        // SAFETY: see the impl.
-        unsafe { _mm256_mul_ps(a, b) }
-    }
-    #[inline(always)]
-    fn mul_add(self, a: __m256, b: __m256, c: __m256) -> __m256 {
-        // SAFETY: see the impl.
-        unsafe { _mm256_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    fn hsum(self, v: __m256) -> f32 {
-        // SAFETY: see the impl.
-        unsafe { hsum(v) }
-    }
-    #[inline(always)]
-    fn gelu(self, v: __m256) -> __m256 {
-        // SAFETY: see the impl.
-        unsafe { gelu8(v) }
-    }
-}
+impl_simd!(Avx2, __m256, lanes = 8, {
+    zero => _mm256_setzero_ps(),
+    splat(x) => _mm256_set1_ps(x),
+    load(p) => _mm256_loadu_ps(p),
+    store(p, v) => _mm256_storeu_ps(p, v),
+    add(a, b) => _mm256_add_ps(a, b),
+    sub(a, b) => _mm256_sub_ps(a, b),
+    mul(a, b) => _mm256_mul_ps(a, b),
+    mul_add(a, b, c) => _mm256_fmadd_ps(a, b, c),
+    hsum(v) => hsum(v),
+    gelu(v) => gelu8(v),
+    transpose_block(src, lds, dst, ldd) => {
+        let mut v = [_mm256_setzero_ps(); 8];
+        for r in 0..8 {
+            v[r] = _mm256_loadu_ps(src.add(r * lds));
+        }
+        let t = transpose8(&v);
+        for q in 0..8 {
+            _mm256_storeu_ps(dst.add(q * ldd), t[q]);
+        }
+    },
+});
 
 /// A weight element type that can be loaded as f32.
 trait Elem: Copy {
@@ -476,8 +441,6 @@ unsafe fn gemv_nk<T: Elem>(p: &Problem<'_>, w: *const T) {
         let ld = p.b.ld;
         let a = p.a.as_ptr();
         let k8 = k / 8 * 8;
-        let bias = p.bias.map_or(ptr::null(), |b| b.as_ptr());
-        let scale = p.scale.map_or(ptr::null(), |s| s.as_ptr());
         let mut j = 0;
         while j < p.n {
             let cols = (p.n - j).min(8);
@@ -509,20 +472,7 @@ unsafe fn gemv_nk<T: Elem>(p: &Problem<'_>, w: *const T) {
                     }
                     s = _mm256_add_ps(s, _mm256_loadu_ps(tail.as_ptr()));
                 }
-                let c = p.c.add(j);
-                let t = Tile {
-                    first: true,
-                    last: true,
-                    cols,
-                    part: c,
-                    ldp: p.ldc,
-                    c,
-                    ldc: p.ldc,
-                    bias: if bias.is_null() { bias } else { bias.add(j) },
-                    scale: if scale.is_null() { scale } else { scale.add(j) },
-                    gelu: p.gelu,
-                    accumulate: p.accumulate,
-                };
+                let t = Tile::row_segment(p, j, cols);
                 simd::finish::<Avx2, 1, 1>(Avx2::assume(), &[[s]], &t);
             }
             j += 8;
@@ -619,48 +569,6 @@ unsafe fn gelu_slice(isa: Avx2, x: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn axpy_vec(isa: Avx2, y: &mut [f32], x: &[f32], s: Option<&[f32]>) {
     simd::axpy(isa, y, x, s)
-}
-
-/// `xt[p * tokens + t] = x[t * ldx + p]` for `t < tokens`, `p < n`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn transpose_into(x: &[f32], ldx: usize, tokens: usize, n: usize, xt: &mut [f32]) {
-    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
-    // where they occur.
-    unsafe {
-        assert!(n.checked_mul(tokens).is_some_and(|need| xt.len() >= need), "sparse_add: xt too small");
-        if n == 0 || tokens == 0 {
-            return;
-        }
-        assert!(fits(tokens, ldx, n, x.len()), "sparse_add: X too small");
-        let (t8, n8) = (tokens / 8 * 8, n / 8 * 8);
-        let (xp, tp) = (x.as_ptr(), xt.as_mut_ptr());
-        // SAFETY: reads `x[t * ldx + p]` and writes `xt[p * tokens + t]` for `t < tokens`, `p < n`,
-        // both in bounds (asserted above).
-        unsafe {
-            for t0 in (0..t8).step_by(8) {
-                for p0 in (0..n8).step_by(8) {
-                    let mut v = [_mm256_setzero_ps(); 8];
-                    for r in 0..8 {
-                        v[r] = _mm256_loadu_ps(xp.add((t0 + r) * ldx + p0));
-                    }
-                    let t = transpose8(&v);
-                    for q in 0..8 {
-                        _mm256_storeu_ps(tp.add((p0 + q) * tokens + t0), t[q]);
-                    }
-                }
-                for p in n8..n {
-                    for r in 0..8 {
-                        *tp.add(p * tokens + t0 + r) = *xp.add((t0 + r) * ldx + p);
-                    }
-                }
-            }
-            for t in t8..tokens {
-                for p in 0..n {
-                    *tp.add(p * tokens + t) = *xp.add(t * ldx + p);
-                }
-            }
-        }
-    }
 }
 
 /// Column index types of the CSR kernels.
@@ -809,7 +717,7 @@ unsafe fn sparse_add_typed<I: Index, V: Elem>(s: TypedCsr<'_, I, V>, x: Rows<'_>
             }
             return;
         }
-        transpose_into(x, ldx, tokens, n, xt);
+        simd::transpose_into(Avx2::assume(), x, ldx, tokens, n, xt);
         let xt = &xt[..n * tokens];
         let mut out = [[0.0f32; TOKENS]; ROWS];
         let mut j0 = 0;
