@@ -586,32 +586,36 @@ macro_rules! with_typed_csr {
     ($s:expr, $n:expr, |$csr:ident| $body:expr) => {{
         let s: Csr<'_> = $s;
         let (row_ptr, n) = (s.row_ptr, $n);
-        match (s.col_idx, s.values) {
-            (SparseIndices::U16(col_idx), WeightSlice::F32(values)) => {
-                let $csr = TypedCsr { row_ptr, col_idx, values, n };
-                $body
+        match s.col_idx {
+            SparseIndices::U16(col_idx) => {
+                with_typed_values!(s.values, row_ptr, col_idx, n, |$csr| $body)
             }
-            (SparseIndices::U16(col_idx), WeightSlice::F16(values)) => {
-                let $csr = TypedCsr { row_ptr, col_idx, values, n };
-                $body
-            }
-            (SparseIndices::U16(col_idx), WeightSlice::BF16(values)) => {
-                let $csr = TypedCsr { row_ptr, col_idx, values, n };
-                $body
-            }
-            (SparseIndices::U32(col_idx), WeightSlice::F32(values)) => {
-                let $csr = TypedCsr { row_ptr, col_idx, values, n };
-                $body
-            }
-            (SparseIndices::U32(col_idx), WeightSlice::F16(values)) => {
-                let $csr = TypedCsr { row_ptr, col_idx, values, n };
-                $body
-            }
-            (SparseIndices::U32(col_idx), WeightSlice::BF16(values)) => {
-                let $csr = TypedCsr { row_ptr, col_idx, values, n };
-                $body
+            SparseIndices::U32(col_idx) => {
+                with_typed_values!(s.values, row_ptr, col_idx, n, |$csr| $body)
             }
         }
     }};
 }
+
+/// The value-type half of [`with_typed_csr!`]: binds `$csr` to the [`TypedCsr`] of the given
+/// row pointers, typed indices, `n` and the typed values of `$values`.
+macro_rules! with_typed_values {
+    ($values:expr, $row_ptr:ident, $col_idx:ident, $n:ident, |$csr:ident| $body:expr) => {
+        match $values {
+            WeightSlice::F32(values) => {
+                let $csr = TypedCsr { row_ptr: $row_ptr, col_idx: $col_idx, values, n: $n };
+                $body
+            }
+            WeightSlice::F16(values) => {
+                let $csr = TypedCsr { row_ptr: $row_ptr, col_idx: $col_idx, values, n: $n };
+                $body
+            }
+            WeightSlice::BF16(values) => {
+                let $csr = TypedCsr { row_ptr: $row_ptr, col_idx: $col_idx, values, n: $n };
+                $body
+            }
+        }
+    };
+}
 pub(crate) use with_typed_csr;
+pub(crate) use with_typed_values;

@@ -192,6 +192,24 @@ impl Csr<'_> {
     }
 }
 
+/// The shape accessors of [`Rows`] and [`RowsMut`].
+macro_rules! shape_accessors {
+    () => {
+        /// Number of rows.
+        pub fn rows(&self) -> usize {
+            self.rows
+        }
+        /// Values per row.
+        pub fn cols(&self) -> usize {
+            self.cols
+        }
+        /// Row stride in elements.
+        pub fn ld(&self) -> usize {
+            self.ld
+        }
+    };
+}
+
 /// A read-only row-major block of `rows × cols` f32 values at row stride `ld` (elements).
 #[derive(Clone, Copy, Debug)]
 pub struct Rows<'a> {
@@ -210,18 +228,7 @@ impl<'a> Rows<'a> {
         assert!(fits(rows, ld, cols, data.len()), "Rows: data too small for {rows} × {cols} at stride {ld}");
         Rows { data, rows, cols, ld }
     }
-    /// Number of rows.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-    /// Values per row.
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-    /// Row stride in elements.
-    pub fn ld(&self) -> usize {
-        self.ld
-    }
+    shape_accessors!();
     /// The `cols` values of row `r`.
     #[inline]
     pub fn row(&self, r: usize) -> &'a [f32] {
@@ -248,18 +255,7 @@ impl<'a> RowsMut<'a> {
         assert!(fits(rows, ld, cols, data.len()), "RowsMut: data too small for {rows} × {cols} at stride {ld}");
         RowsMut { data, rows, cols, ld }
     }
-    /// Number of rows.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-    /// Values per row.
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-    /// Row stride in elements.
-    pub fn ld(&self) -> usize {
-        self.ld
-    }
+    shape_accessors!();
     /// The `cols` values of row `r`.
     #[inline]
     pub fn row_mut(&mut self, r: usize) -> &mut [f32] {

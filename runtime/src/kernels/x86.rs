@@ -21,7 +21,7 @@ use half::{bf16, f16};
 
 use super::backend::Kernels;
 use super::driver::{Arch, Tile, NR};
-use super::simd::{self, impl_simd, simd_arch, simd_kernels, with_typed_csr, Gelu, Simd, TypedCsr};
+use super::simd::{self, impl_simd, simd_arch, simd_kernels, with_typed_csr, with_typed_values, Gelu, Simd, TypedCsr};
 use super::types::fits;
 use super::{BLayout, Backend, Csr, MatB, Problem, Rows, RowsMut, Scratch, SparseIndices, WeightSlice};
 
