@@ -11,7 +11,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkGroup, Criterion, Throughput};
-use factorvit::kernels::{self, gemm, gemm_parallel, BLayout, Backend, Epilogue, Gemm, MatB, Scratch, WeightSlice};
+use factorvit::kernels::{
+    self, gemm, gemm_parallel, BLayout, Backend, Epilogue, Gemm, MatB, Rows, RowsMut, Scratch, WeightSlice,
+};
 use factorvit::parallel::Exec;
 use half::{bf16, f16};
 
@@ -278,7 +280,16 @@ fn elementwise(c: &mut Criterion) {
     configure(&mut g);
     g.throughput(Throughput::Elements((TOKENS * DIM) as u64));
     g.bench_function("layer_norm", |bch| {
-        bch.iter(|| kernels::layer_norm(backend, TOKENS, DIM, &x, DIM, &gamma, &beta, 1e-6, &mut out, DIM))
+        bch.iter(|| {
+            kernels::layer_norm(
+                backend,
+                Rows::new(&x, TOKENS, DIM, DIM),
+                &gamma,
+                &beta,
+                1e-6,
+                RowsMut::new(&mut out, TOKENS, DIM, DIM),
+            )
+        })
     });
     g.bench_function("softmax", |bch| {
         bch.iter(|| {

@@ -12,8 +12,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use factorvit::kernels::{
-    self, add_scaled, gelu, gemm, gemm_parallel, layer_norm, softmax_rows, sparse_add, BLayout, Backend, Epilogue,
-    Gemm, MatB, Scratch, SparseIndices, WeightSlice,
+    self, add_scaled, gelu, gemm, gemm_parallel, layer_norm, softmax_rows, sparse_add, BLayout, Backend, Csr, Epilogue,
+    Gemm, MatB, Rows, RowsMut, Scratch, SparseIndices, WeightSlice,
 };
 use factorvit::parallel::Exec;
 use half::{bf16, f16};
@@ -502,32 +502,22 @@ fn kernels_do_not_allocate() {
             std::slice::from_mut(&mut scratch),
             Gemm { m: cs.m, a: &d.a, lda: d.lda, b: matb(&cs, &d), c: &mut c, ldc: d.ldc, epilogue: epilogue(&cs, &d) },
         );
-        layer_norm(backend, 197, 64, &xc, 64, &g, &b, 1e-6, &mut y, 64);
+        layer_norm(backend, Rows::new(&xc, 197, 64, 64), &g, &b, 1e-6, RowsMut::new(&mut y, 197, 64, 64));
         softmax_rows(backend, 197, 64, &mut x, 64, 0.3);
         gelu(backend, &mut x);
         add_scaled(backend, &mut y, &xc, Some(&g));
         sparse_add(
             backend,
-            197,
-            &row_ptr,
-            SparseIndices::U16(&cols),
-            WeightSlice::F32(&vals),
-            &xc,
-            64,
-            &mut y,
-            64,
+            Csr { row_ptr: &row_ptr, col_idx: SparseIndices::U16(&cols), values: WeightSlice::F32(&vals) },
+            Rows::new(&xc, 197, 64, 64),
+            RowsMut::new(&mut y, 197, row_ptr.len() - 1, 64),
             &mut xt,
         );
         sparse_add(
             backend,
-            1,
-            &row_ptr,
-            SparseIndices::U16(&cols),
-            WeightSlice::F32(&vals),
-            &xc,
-            64,
-            &mut y,
-            64,
+            Csr { row_ptr: &row_ptr, col_idx: SparseIndices::U16(&cols), values: WeightSlice::F32(&vals) },
+            Rows::new(&xc, 1, 64, 64),
+            RowsMut::new(&mut y, 1, row_ptr.len() - 1, 64),
             &mut xt,
         );
         assert_eq!(allocations() - before, 0, "{backend:?}: a kernel allocated");
@@ -568,9 +558,15 @@ fn layer_norm_matches_reference() {
             let x: Vec<f32> = (0..rows * ld).map(|i| rng.f() * 4.0 + (i % 3) as f32).collect();
             let (g, b) = (rng.vec(dim, 2.0), rng.vec(dim, 1.0));
             let mut out = vec![7.0f32; rows * ld];
-            layer_norm(backend, rows, dim, &x, ld, &g, &b, 1e-6, &mut out, ld);
+            layer_norm(backend, Rows::new(&x, rows, dim, ld), &g, &b, 1e-6, RowsMut::new(&mut out, rows, dim, ld));
             let mut out_s = vec![7.0f32; rows * ld];
-            kernels::scalar::layer_norm(rows, dim, &x, ld, &g, &b, 1e-6, &mut out_s, ld);
+            kernels::scalar::layer_norm(
+                Rows::new(&x, rows, dim, ld),
+                &g,
+                &b,
+                1e-6,
+                RowsMut::new(&mut out_s, rows, dim, ld),
+            );
             for r in 0..rows {
                 let xr: Vec<f64> = x[r * ld..r * ld + dim].iter().map(|&v| v as f64).collect();
                 let mean = xr.iter().sum::<f64>() / dim as f64;
@@ -689,25 +685,13 @@ fn csr(rng: &mut Rng, m: usize, n: usize, per_row: usize) -> (Vec<u32>, Vec<u32>
 
 /// Checks `sparse_add` on `backend` against an f64 reference: each output is `y0 + Σ v·x` over
 /// the row's nonzeros, accumulated in f32 (bound `2(nnz + 2)·u·Σ|v·x|`) and added to `y0` (one
-/// more rounding).
-#[allow(clippy::too_many_arguments)]
-fn check_sparse(
-    backend: Backend,
-    tokens: usize,
-    row_ptr: &[u32],
-    idx: SparseIndices<'_>,
-    cols32: &[u32],
-    vals: WeightSlice<'_>,
-    x: &[f32],
-    ldx: usize,
-    y0: &[f32],
-    ldy: usize,
-    n: usize,
-) {
-    let m = row_ptr.len() - 1;
+/// more rounding). `cols32` are the column indices of `s` as u32; `y0` has row stride `ldy`.
+fn check_sparse(backend: Backend, s: Csr<'_>, cols32: &[u32], x: Rows<'_>, y0: &[f32], ldy: usize) {
+    let (row_ptr, vals, m) = (s.row_ptr, s.values, s.rows());
+    let (tokens, n) = (x.rows(), x.cols());
     let mut y = y0.to_vec();
     let mut xt = vec![0.0f32; n * tokens];
-    sparse_add(backend, tokens, row_ptr, idx, vals, x, ldx, &mut y, ldy, &mut xt);
+    sparse_add(backend, s, x, RowsMut::new(&mut y, tokens, m, ldy), &mut xt);
     for t in 0..tokens {
         for j in 0..ldy {
             let got = y[t * ldy + j] as f64;
@@ -717,8 +701,8 @@ fn check_sparse(
             }
             let (s, e) = (row_ptr[j] as usize, row_ptr[j + 1] as usize);
             let (mut acc, mut abs) = (0.0f64, 0.0f64);
-            for q in s..e {
-                let v = vals.get(q) as f64 * x[t * ldx + cols32[q] as usize] as f64;
+            for (q, &c) in cols32.iter().enumerate().take(e).skip(s) {
+                let v = vals.get(q) as f64 * x.row(t)[c as usize] as f64;
                 acc += v;
                 abs += v.abs();
             }
@@ -744,7 +728,8 @@ fn sparse_add_matches_reference() {
             for dt in DTS {
                 let vs = Store::new(dt, &vals);
                 for idx in [SparseIndices::U16(&cols16), SparseIndices::U32(&cols32)] {
-                    check_sparse(backend, tokens, &row_ptr, idx, &cols32, vs.slice(), &x, ldx, &y0, ldy, n);
+                    let s = Csr { row_ptr: &row_ptr, col_idx: idx, values: vs.slice() };
+                    check_sparse(backend, s, &cols32, Rows::new(&x, tokens, n, ldx), &y0, ldy);
                 }
             }
         }
@@ -761,7 +746,13 @@ fn sparse_add_rejects_out_of_range_index() {
     let x = vec![1.0f32; 16 * 10];
     let mut y = vec![0.0f32; 16];
     let mut xt = vec![0.0f32; 16 * 10];
-    sparse_add(backend, 16, &row_ptr, SparseIndices::U16(&cols), WeightSlice::F32(&vals), &x, 10, &mut y, 1, &mut xt);
+    sparse_add(
+        backend,
+        Csr { row_ptr: &row_ptr, col_idx: SparseIndices::U16(&cols), values: WeightSlice::F32(&vals) },
+        Rows::new(&x, 16, 10, 10),
+        RowsMut::new(&mut y, 16, row_ptr.len() - 1, 1),
+        &mut xt,
+    );
 }
 
 #[test]
@@ -774,7 +765,13 @@ fn sparse_add_rejects_bad_row_ptr() {
     let x = vec![1.0f32; 16 * 4];
     let mut y = vec![0.0f32; 16 * 2];
     let mut xt = vec![0.0f32; 16 * 4];
-    sparse_add(backend, 16, &row_ptr, SparseIndices::U16(&cols), WeightSlice::F32(&vals), &x, 4, &mut y, 2, &mut xt);
+    sparse_add(
+        backend,
+        Csr { row_ptr: &row_ptr, col_idx: SparseIndices::U16(&cols), values: WeightSlice::F32(&vals) },
+        Rows::new(&x, 16, 4, 4),
+        RowsMut::new(&mut y, 16, row_ptr.len() - 1, 2),
+        &mut xt,
+    );
 }
 
 #[test]
@@ -859,7 +856,8 @@ mod prop {
             let x = rng.vec(tokens * n, 1.0);
             let y0 = rng.vec(tokens * m, 1.0);
             for backend in Backend::available() {
-                check_sparse(backend, tokens, &row_ptr, SparseIndices::U32(&cols), &cols, vs.slice(), &x, n, &y0, m, n);
+                let s = Csr { row_ptr: &row_ptr, col_idx: SparseIndices::U32(&cols), values: vs.slice() };
+                check_sparse(backend, s, &cols, Rows::new(&x, tokens, n, n), &y0, m);
             }
         }
     }

@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 
 use factorvit::kernels::{
     add_scaled, gelu, gemm, gemm_parallel, layer_norm, softmax_rows, sparse_add, BLayout, Backend, Epilogue, Gemm,
-    MatB, Scratch, SparseIndices, WeightSlice,
+    MatB, Rows, RowsMut, Scratch, SparseIndices, WeightSlice,
 };
 use factorvit::parallel::Exec;
 use half::{bf16, f16};
@@ -334,6 +334,7 @@ fn chain_case() -> impl Strategy<Value = ChainCase> {
         })
 }
 
+/// A random CSR matrix that owns its storage.
 struct Csr {
     row_ptr: Vec<u32>,
     cols: Vec<u32>,
@@ -356,6 +357,10 @@ fn make_csr(rng: &mut Rng, dt: Dt, rows: usize, cols: usize, per_row: usize) -> 
 }
 
 impl Csr {
+    /// The kernel operand, with 16- or 32-bit indices.
+    fn view(&self, u16s: bool) -> factorvit::kernels::Csr<'_> {
+        factorvit::kernels::Csr { row_ptr: &self.row_ptr, col_idx: self.indices(u16s), values: self.vals.slice() }
+    }
     fn indices(&self, u16s: bool) -> SparseIndices<'_> {
         if u16s {
             SparseIndices::U16(&self.cols16)
@@ -402,14 +407,9 @@ fn check_chain(cs: &ChainCase) -> Result<(), TestCaseError> {
                 let mut xt = vec![0.0f32; inp * tokens];
                 sparse_add(
                     backend,
-                    tokens,
-                    &s.row_ptr,
-                    s.indices(u16s),
-                    s.vals.slice(),
-                    &x,
-                    inp,
-                    &mut dst[..],
-                    out,
+                    s.view(u16s),
+                    Rows::new(&x, tokens, inp, inp),
+                    RowsMut::new(&mut dst[..], tokens, s.row_ptr.len() - 1, out),
                     &mut xt,
                 );
                 if !plain {
@@ -547,7 +547,13 @@ fn check_sparse(cs: &SparseCase) -> Result<(), TestCaseError> {
     let run = |backend: Backend| {
         let mut y = y0.clone();
         let mut xt = vec![0.0f32; cols * tokens];
-        sparse_add(backend, tokens, &s.row_ptr, s.indices(u16s), s.vals.slice(), &x, ldx, &mut y, ldy, &mut xt);
+        sparse_add(
+            backend,
+            s.view(u16s),
+            Rows::new(&x, tokens, cols, ldx),
+            RowsMut::new(&mut y, tokens, s.row_ptr.len() - 1, ldy),
+            &mut xt,
+        );
         y
     };
     let scalar = run(Backend::Scalar);
@@ -635,7 +641,7 @@ fn check_rows(cs: &RowCase) -> Result<(), TestCaseError> {
     let (ya, xa, sa) = (rng.vec(len, 1.0), rng.vec(len, 1.0), rng.vec(period, 2.0));
     let run = |backend: Backend| {
         let mut ln = out0.clone();
-        layer_norm(backend, rows, dim, &x, ld, &g, &b, 1e-5, &mut ln, ld);
+        layer_norm(backend, Rows::new(&x, rows, dim, ld), &g, &b, 1e-5, RowsMut::new(&mut ln, rows, dim, ld));
         let mut sm = s0.clone();
         softmax_rows(backend, rows, dim, &mut sm, ld, softmax_scale);
         let mut ge = v0.clone();

@@ -20,8 +20,8 @@
 //! `erf` and software `libm` (`scripts/miri.sh` builds it with `force-soft-floats`).
 
 use factorvit::kernels::{
-    add_scaled, gelu, gemm, gemm_parallel, layer_norm, softmax_rows, sparse_add, BLayout, Backend, Epilogue, Gemm,
-    MatB, Scratch, SparseIndices, WeightSlice,
+    add_scaled, gelu, gemm, gemm_parallel, layer_norm, softmax_rows, sparse_add, BLayout, Backend, Csr, Epilogue, Gemm,
+    MatB, Rows, RowsMut, Scratch, SparseIndices, WeightSlice,
 };
 use factorvit::parallel::Exec;
 use factorvit::{Model, SessionOptions};
@@ -465,7 +465,13 @@ fn kernel_sparse_add_exact_size_operands() {
                 for idx in [SparseIndices::U16(&cols16), SparseIndices::U32(&cols)] {
                     let mut y = y0.clone();
                     let mut xt = vec![0.0f32; n * tokens];
-                    sparse_add(backend, tokens, &row_ptr, idx, vs.slice(), &x, ldx, &mut y, ldy, &mut xt);
+                    sparse_add(
+                        backend,
+                        Csr { row_ptr: &row_ptr, col_idx: idx, values: vs.slice() },
+                        Rows::new(&x, tokens, n, ldx),
+                        RowsMut::new(&mut y, tokens, row_ptr.len() - 1, ldy),
+                        &mut xt,
+                    );
                     for t in 0..tokens {
                         for j in 0..ldy {
                             let i = t * ldy + j;
@@ -505,7 +511,7 @@ fn kernel_row_kernels_exact_size_operands() {
             let (g, b) = (rng.vec(dim), rng.vec(dim));
             let out0 = rng.vec(span(rows, dim, ld));
             let mut out = out0.clone();
-            layer_norm(backend, rows, dim, &x, ld, &g, &b, 1e-5, &mut out, ld);
+            layer_norm(backend, Rows::new(&x, rows, dim, ld), &g, &b, 1e-5, RowsMut::new(&mut out, rows, dim, ld));
             for r in 0..rows {
                 let xr: Vec<f64> = x[r * ld..r * ld + dim].iter().map(|&v| v as f64).collect();
                 let mean = xr.iter().sum::<f64>() / dim as f64;
@@ -587,14 +593,9 @@ fn kernel_sparse_add_rejects_out_of_range_index() {
     let (x, mut y, mut xt) = (vec![1.0f32; 2 * 4], vec![0.0f32; 2], vec![0.0f32; 20]);
     sparse_add(
         Backend::Scalar,
-        2,
-        &row_ptr,
-        SparseIndices::U16(&cols),
-        WeightSlice::F32(&vals),
-        &x,
-        4,
-        &mut y,
-        1,
+        Csr { row_ptr: &row_ptr, col_idx: SparseIndices::U16(&cols), values: WeightSlice::F32(&vals) },
+        Rows::new(&x, 2, 4, 4),
+        RowsMut::new(&mut y, 2, row_ptr.len() - 1, 1),
         &mut xt,
     );
 }

@@ -152,7 +152,13 @@ pub(crate) struct Pixels<'a> {
 ///
 /// The caller guarantees non-zero sizes, `src.len() == width * height * channels`, and a
 /// region inside `out_w × out_h`.
-pub(crate) fn resize_region(source: Pixels<'_>, out_w: usize, out_h: usize, filter: Interpolation, region: Region) -> Vec<u8> {
+pub(crate) fn resize_region(
+    source: Pixels<'_>,
+    out_w: usize,
+    out_h: usize,
+    filter: Interpolation,
+    region: Region,
+) -> Vec<u8> {
     let Pixels { data: src, width, height, channels } = source;
     debug_assert_eq!(src.len(), width * height * channels);
     debug_assert!(region.x1 <= out_w && region.y1 <= out_h);

@@ -16,12 +16,14 @@
 
 use core::arch::aarch64::*;
 use core::arch::asm;
-use core::ptr;
 
 use half::{bf16, f16};
 
-use super::driver::{Arch, Tile, MR, NR};
-use super::{fits, scalar, BLayout, Backend, MatB, Problem, SparseIndices, WeightSlice};
+use super::backend::Kernels;
+use super::driver::{Arch, Tile, NR};
+use super::simd::{self, impl_simd, simd_arch, simd_kernels, with_typed_csr, with_typed_values, Gelu, Simd, TypedCsr};
+use super::types::fits;
+use super::{scalar, BLayout, Backend, Csr, MatB, Problem, Rows, RowsMut, Scratch, SparseIndices, WeightSlice};
 
 /// Token for the NEON backend (only constructed when [`Backend::detect`] selected it).
 #[derive(Clone, Copy, Debug)]
@@ -31,10 +33,36 @@ pub(crate) struct Neon {
 
 impl Neon {
     /// The token, if [`Backend::detect`] selected NEON.
-    pub(crate) fn get() -> Option<Neon> {
-        (Backend::detect() == Backend::Neon).then_some(Neon { _detected: () })
+    pub(crate) fn get() -> Option<&'static Neon> {
+        (Backend::detect() == Backend::Neon).then_some(&Neon { _detected: () })
+    }
+
+    /// The token inside the module's kernels (NEON is baseline on aarch64).
+    #[inline(always)]
+    fn baseline() -> Neon {
+        Neon { _detected: () }
     }
 }
+
+impl_simd!(Neon, float32x4_t, lanes = 4, {
+    zero => vdupq_n_f32(0.0),
+    splat(x) => vdupq_n_f32(x),
+    load(p) => vld1q_f32(p),
+    store(p, v) => vst1q_f32(p, v),
+    add(a, b) => vaddq_f32(a, b),
+    sub(a, b) => vsubq_f32(a, b),
+    mul(a, b) => vmulq_f32(a, b),
+    mul_add(a, b, c) => vfmaq_f32(c, a, b),
+    hsum(v) => vaddvq_f32(v),
+    gelu(v) => gelu4(v),
+    transpose_block(src, lds, dst, ldd) => {
+        let v = [vld1q_f32(src), vld1q_f32(src.add(lds)), vld1q_f32(src.add(2 * lds)), vld1q_f32(src.add(3 * lds))];
+        let t = transpose4(&v);
+        for q in 0..4 {
+            vst1q_f32(dst.add(q * ldd), t[q]);
+        }
+    },
+});
 
 /// A weight element type that can be loaded as f32.
 trait Elem: Copy {
@@ -280,106 +308,6 @@ unsafe fn pack_kn<T: Elem>(src: *const T, ld: usize, kc: usize, cols: usize, dst
     }
 }
 
-/// Stores a full-width tile (`t.cols == 4 * V`) through the epilogue.
-///
-/// # Safety
-/// The pointers of `t` are valid for `R` rows of `4 * V` elements (see [`Tile`]).
-#[inline(always)]
-unsafe fn store_tile<const R: usize, const V: usize>(acc: &[[float32x4_t; V]; R], t: &Tile) {
-    // SAFETY: every access is inside row `i < R`, columns `< 4 V` of the tile's `part`/`c`, or
-    // the first `4 V` entries of `bias`/`scale` (contract).
-    unsafe {
-        for i in 0..R {
-            for v in 0..V {
-                let mut x = acc[i][v];
-                let pp = t.part.add(i * t.ldp + 4 * v);
-                if !t.first {
-                    x = vaddq_f32(x, vld1q_f32(pp));
-                }
-                if !t.last {
-                    vst1q_f32(pp, x);
-                    continue;
-                }
-                if !t.bias.is_null() {
-                    x = vaddq_f32(x, vld1q_f32(t.bias.add(4 * v)));
-                }
-                if t.gelu {
-                    x = gelu4(x);
-                }
-                let cp = t.c.add(i * t.ldc + 4 * v);
-                if t.accumulate {
-                    let c0 = vld1q_f32(cp);
-                    x = if t.scale.is_null() {
-                        vaddq_f32(c0, x)
-                    } else {
-                        vfmaq_f32(c0, vld1q_f32(t.scale.add(4 * v)), x)
-                    };
-                }
-                vst1q_f32(cp, x);
-            }
-        }
-    }
-}
-
-/// Stores a tile of `R` rows and `t.cols ≤ 4 * V` columns: full tiles directly, edge tiles
-/// through zero-padded copies so that every element sees the same vector epilogue.
-///
-/// # Safety
-/// The pointers of `t` are valid for `R` rows of `t.cols` elements (see [`Tile`]).
-#[inline(always)]
-unsafe fn finish<const R: usize, const V: usize>(acc: &[[float32x4_t; V]; R], t: &Tile) {
-    if t.cols == 4 * V {
-        // SAFETY: forwarded contract.
-        unsafe { store_tile::<R, V>(acc, t) };
-        return;
-    }
-    let cols = t.cols;
-    let mut tp = [0.0f32; MR * NR];
-    let mut tc = [0.0f32; MR * NR];
-    let mut tb = [0.0f32; NR];
-    let mut ts = [0.0f32; NR];
-    // SAFETY: copies `cols` elements of each of the `R` valid rows (contract) to or from the
-    // local buffers, which have `NR ≥ 4 V` columns and `MR ≥ R` rows and never overlap them.
-    unsafe {
-        if !t.first {
-            for i in 0..R {
-                ptr::copy_nonoverlapping(t.part.add(i * t.ldp), tp.as_mut_ptr().add(i * NR), cols);
-            }
-        }
-        if t.last && t.accumulate {
-            for i in 0..R {
-                ptr::copy_nonoverlapping(t.c.add(i * t.ldc), tc.as_mut_ptr().add(i * NR), cols);
-            }
-        }
-        if !t.bias.is_null() {
-            ptr::copy_nonoverlapping(t.bias, tb.as_mut_ptr(), cols);
-        }
-        if !t.scale.is_null() {
-            ptr::copy_nonoverlapping(t.scale, ts.as_mut_ptr(), cols);
-        }
-        let tt = Tile {
-            cols: 4 * V,
-            part: tp.as_mut_ptr(),
-            ldp: NR,
-            c: tc.as_mut_ptr(),
-            ldc: NR,
-            bias: if t.bias.is_null() { ptr::null() } else { tb.as_ptr() },
-            scale: if t.scale.is_null() { ptr::null() } else { ts.as_ptr() },
-            ..*t
-        };
-        store_tile::<R, V>(acc, &tt);
-        if !t.last {
-            for i in 0..R {
-                ptr::copy_nonoverlapping(tp.as_ptr().add(i * NR), t.part.add(i * t.ldp), cols);
-            }
-        } else {
-            for i in 0..R {
-                ptr::copy_nonoverlapping(tc.as_ptr().add(i * NR), t.c.add(i * t.ldc), cols);
-            }
-        }
-    }
-}
-
 /// The `R × 4V` micro-kernel: one FMA chain per element in order `p = 0..kc`.
 ///
 /// # Safety
@@ -406,7 +334,7 @@ unsafe fn ukernel<const R: usize, const V: usize>(kc: usize, a: *const f32, lda:
             ap = ap.add(1);
             bp = bp.add(NR);
         }
-        finish::<R, V>(&acc, t);
+        simd::finish::<Neon, R, V>(Neon::baseline(), &acc, t);
     }
 }
 
@@ -420,8 +348,6 @@ unsafe fn gemv_nk<T: Elem>(p: &Problem<'_>, w: *const T) {
     let ld = p.b.ld;
     let a = p.a.as_ptr();
     let k4 = k / 4 * 4;
-    let bias = p.bias.map_or(ptr::null(), |b| b.as_ptr());
-    let scale = p.scale.map_or(ptr::null(), |s| s.as_ptr());
     let mut j = 0;
     while j < p.n {
         let cols = (p.n - j).min(8);
@@ -450,188 +376,25 @@ unsafe fn gemv_nk<T: Elem>(p: &Problem<'_>, w: *const T) {
                 sums[r] = vaddvq_f32(acc[r]) + x;
             }
             let s = [[vld1q_f32(sums.as_ptr()), vld1q_f32(sums.as_ptr().add(4))]];
-            let c = p.c.add(j);
-            let t = Tile {
-                first: true,
-                last: true,
-                cols,
-                part: c,
-                ldp: p.ldc,
-                c,
-                ldc: p.ldc,
-                bias: if bias.is_null() { bias } else { bias.add(j) },
-                scale: if scale.is_null() { scale } else { scale.add(j) },
-                gelu: p.gelu,
-                accumulate: p.accumulate,
-            };
-            finish::<1, 2>(&s, &t);
+            let t = Tile::row_segment(p, j, cols);
+            simd::finish::<Neon, 1, 2>(Neon::baseline(), &s, &t);
         }
         j += 8;
     }
 }
 
-impl Arch for Neon {
-    unsafe fn pack_b(self, b: &MatB<'_>, pc: usize, kc: usize, col: usize, cols: usize, dst: *mut f32) {
-        let ld = b.ld;
-        let off = match b.layout {
-            BLayout::NK => col * ld + pc,
-            BLayout::KN => pc * ld + col,
-        };
-        // SAFETY: the block is inside the validated B (contract), so `off` is in bounds and the
-        // pack functions' row/column ranges are valid.
-        unsafe {
-            match (b.data, b.layout) {
-                (WeightSlice::F32(w), BLayout::NK) => pack_nk(w.as_ptr().add(off), ld, kc, cols, dst),
-                (WeightSlice::F16(w), BLayout::NK) => pack_nk(w.as_ptr().add(off), ld, kc, cols, dst),
-                (WeightSlice::BF16(w), BLayout::NK) => pack_nk(w.as_ptr().add(off), ld, kc, cols, dst),
-                (WeightSlice::F32(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
-                (WeightSlice::F16(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
-                (WeightSlice::BF16(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
-            }
-        }
-    }
-
-    unsafe fn kernel(self, rows: usize, kc: usize, a: *const f32, lda: usize, bp: *const f32, t: &Tile) {
-        // SAFETY: pointer contract forwarded, `rows` matches R.
-        unsafe {
-            if t.cols > 8 {
-                match rows {
-                    6 => ukernel::<6, 4>(kc, a, lda, bp, t),
-                    5 => ukernel::<5, 4>(kc, a, lda, bp, t),
-                    4 => ukernel::<4, 4>(kc, a, lda, bp, t),
-                    3 => ukernel::<3, 4>(kc, a, lda, bp, t),
-                    2 => ukernel::<2, 4>(kc, a, lda, bp, t),
-                    _ => ukernel::<1, 4>(kc, a, lda, bp, t),
-                }
-            } else {
-                match rows {
-                    6 => ukernel::<6, 2>(kc, a, lda, bp, t),
-                    5 => ukernel::<5, 2>(kc, a, lda, bp, t),
-                    4 => ukernel::<4, 2>(kc, a, lda, bp, t),
-                    3 => ukernel::<3, 2>(kc, a, lda, bp, t),
-                    2 => ukernel::<2, 2>(kc, a, lda, bp, t),
-                    _ => ukernel::<1, 2>(kc, a, lda, bp, t),
-                }
-            }
-        }
-    }
-
-    unsafe fn gemv_nk(self, p: &Problem<'_>) {
-        // SAFETY: contract forwarded.
-        unsafe {
-            match p.b.data {
-                WeightSlice::F32(w) => gemv_nk(p, w.as_ptr()),
-                WeightSlice::F16(w) => gemv_nk(p, w.as_ptr()),
-                WeightSlice::BF16(w) => gemv_nk(p, w.as_ptr()),
-            }
-        }
-    }
-}
+simd_arch!(Neon, half = 2, full = 4);
 
 // ---------------------------------------------------------------------------------------------
 // Element-wise and row kernels.
 
-/// Sum of `x` (4 × 4 lanes, then a horizontal sum, then the tail in order).
-fn sum(x: &[f32]) -> f32 {
-    let n = x.len();
-    let p = x.as_ptr();
-    let mut i = 0;
-    // SAFETY: every load reads `x[i..i + 4]` with `i + 4 ≤ n`.
-    let mut s = unsafe {
-        let mut acc = [vdupq_n_f32(0.0); 4];
-        while i + 16 <= n {
-            for u in 0..4 {
-                acc[u] = vaddq_f32(acc[u], vld1q_f32(p.add(i + 4 * u)));
-            }
-            i += 16;
-        }
-        while i + 4 <= n {
-            acc[0] = vaddq_f32(acc[0], vld1q_f32(p.add(i)));
-            i += 4;
-        }
-        vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])))
-    };
-    for &v in &x[i..] {
-        s += v;
-    }
-    s
+/// LayerNorm of one row (see [`simd::layer_norm_row`]).
+fn layer_norm_row(isa: Neon, x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+    simd::layer_norm_row(isa, x, gamma, beta, eps, out)
 }
 
-/// `Σ (x - mean)²`.
-fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
-    let n = x.len();
-    let p = x.as_ptr();
-    let mut i = 0;
-    // SAFETY: every load reads `x[i..i + 4]` with `i + 4 ≤ n`.
-    let mut s = unsafe {
-        let m = vdupq_n_f32(mean);
-        let mut acc = [vdupq_n_f32(0.0); 4];
-        while i + 16 <= n {
-            for u in 0..4 {
-                let d = vsubq_f32(vld1q_f32(p.add(i + 4 * u)), m);
-                acc[u] = vfmaq_f32(acc[u], d, d);
-            }
-            i += 16;
-        }
-        while i + 4 <= n {
-            let d = vsubq_f32(vld1q_f32(p.add(i)), m);
-            acc[0] = vfmaq_f32(acc[0], d, d);
-            i += 4;
-        }
-        vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])))
-    };
-    for &v in &x[i..] {
-        s += (v - mean) * (v - mean);
-    }
-    s
-}
-
-fn layer_norm_row(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
-    let dim = x.len();
-    assert!(gamma.len() == dim && beta.len() == dim && out.len() == dim);
-    let mean = sum(x) / dim as f32;
-    let var = sum_sq_dev(x, mean) / dim as f32;
-    let inv = 1.0 / libm::sqrtf(var + eps);
-    let mut i = 0;
-    // SAFETY: all four slices have length `dim` (asserted) and `i + 4 ≤ dim`.
-    unsafe {
-        let (vm, vi) = (vdupq_n_f32(mean), vdupq_n_f32(inv));
-        while i + 4 <= dim {
-            let v = vmulq_f32(vsubq_f32(vld1q_f32(x.as_ptr().add(i)), vm), vi);
-            let r = vfmaq_f32(vld1q_f32(beta.as_ptr().add(i)), v, vld1q_f32(gamma.as_ptr().add(i)));
-            vst1q_f32(out.as_mut_ptr().add(i), r);
-            i += 4;
-        }
-    }
-    for j in i..dim {
-        out[j] = (x[j] - mean) * inv * gamma[j] + beta[j];
-    }
-}
-
-/// Applies `f` to `x` in place, 4 lanes at a time; the tail goes through `f` on a padded copy.
-#[inline(always)]
-fn map4(x: &mut [f32], f: impl Fn(float32x4_t) -> float32x4_t) {
-    let n = x.len();
-    let p = x.as_mut_ptr();
-    let mut i = 0;
-    // SAFETY: every vector access is `x[i..i + 4]` with `i + 4 ≤ n`.
-    unsafe {
-        while i + 4 <= n {
-            vst1q_f32(p.add(i), f(vld1q_f32(p.add(i))));
-            i += 4;
-        }
-    }
-    if i < n {
-        let rest = n - i;
-        let mut buf = [0.0f32; 4];
-        buf[..rest].copy_from_slice(&x[i..]);
-        // SAFETY: `buf` has 4 elements.
-        unsafe { vst1q_f32(buf.as_mut_ptr(), f(vld1q_f32(buf.as_ptr()))) };
-        x[i..].copy_from_slice(&buf[..rest]);
-    }
-}
-
-fn softmax_row(row: &mut [f32], scale: f32) {
+/// Softmax of `scale * row` in place.
+fn softmax_row(isa: Neon, row: &mut [f32], scale: f32) {
     let n = row.len();
     if n == 0 {
         return;
@@ -653,82 +416,20 @@ fn softmax_row(row: &mut [f32], scale: f32) {
     // SAFETY: register-only NEON arithmetic.
     let (vm, vs) = unsafe { (vdupq_n_f32(max), vdupq_n_f32(scale)) };
     // SAFETY: register-only NEON arithmetic.
-    map4(row, |v| unsafe { exp4(vmulq_f32(vsubq_f32(v, vm), vs)) });
-    let inv = 1.0 / sum(row);
+    simd::map(isa, row, &|v| unsafe { exp4(vmulq_f32(vsubq_f32(v, vm), vs)) });
+    let inv = 1.0 / simd::sum(isa, row);
     // SAFETY: register-only NEON arithmetic.
-    map4(row, |v| unsafe { vmulq_n_f32(v, inv) });
+    simd::map(isa, row, &|v| unsafe { vmulq_n_f32(v, inv) });
+}
+
+/// GELU in place (see [`simd::map`]).
+fn gelu_slice(isa: Neon, x: &mut [f32]) {
+    simd::map(isa, x, &Gelu)
 }
 
 /// `y += s ⊙ x` (or `y += x`) over equal-length slices.
-fn axpy_vec(y: &mut [f32], x: &[f32], s: Option<&[f32]>) {
-    let n = y.len();
-    assert!(x.len() == n && s.map_or(true, |s| s.len() == n));
-    let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
-    let mut i = 0;
-    // SAFETY: all slices have length `n` (asserted) and every access is `[i..i + 4]`, `i + 4 ≤ n`.
-    unsafe {
-        match s {
-            Some(s) => {
-                let sp = s.as_ptr();
-                while i + 4 <= n {
-                    let r = vfmaq_f32(vld1q_f32(yp.add(i)), vld1q_f32(sp.add(i)), vld1q_f32(xp.add(i)));
-                    vst1q_f32(yp.add(i), r);
-                    i += 4;
-                }
-                for j in i..n {
-                    y[j] += s[j] * x[j];
-                }
-            }
-            None => {
-                while i + 4 <= n {
-                    vst1q_f32(yp.add(i), vaddq_f32(vld1q_f32(yp.add(i)), vld1q_f32(xp.add(i))));
-                    i += 4;
-                }
-                for j in i..n {
-                    y[j] += x[j];
-                }
-            }
-        }
-    }
-}
-
-/// `xt[p * tokens + t] = x[t * ldx + p]` for `t < tokens`, `p < n`.
-fn transpose_into(x: &[f32], ldx: usize, tokens: usize, n: usize, xt: &mut [f32]) {
-    assert!(n.checked_mul(tokens).is_some_and(|need| xt.len() >= need), "sparse_add: xt too small");
-    if n == 0 || tokens == 0 {
-        return;
-    }
-    assert!(fits(tokens, ldx, n, x.len()), "sparse_add: X too small");
-    let (t4, n4) = (tokens / 4 * 4, n / 4 * 4);
-    let (xp, tp) = (x.as_ptr(), xt.as_mut_ptr());
-    // SAFETY: reads `x[t * ldx + p]` and writes `xt[p * tokens + t]` for `t < tokens`, `p < n`,
-    // both in bounds (asserted above).
-    unsafe {
-        for t0 in (0..t4).step_by(4) {
-            for p0 in (0..n4).step_by(4) {
-                let v = [
-                    vld1q_f32(xp.add(t0 * ldx + p0)),
-                    vld1q_f32(xp.add((t0 + 1) * ldx + p0)),
-                    vld1q_f32(xp.add((t0 + 2) * ldx + p0)),
-                    vld1q_f32(xp.add((t0 + 3) * ldx + p0)),
-                ];
-                let t = transpose4(&v);
-                for q in 0..4 {
-                    vst1q_f32(tp.add((p0 + q) * tokens + t0), t[q]);
-                }
-            }
-            for p in n4..n {
-                for r in 0..4 {
-                    *tp.add(p * tokens + t0 + r) = *xp.add((t0 + r) * ldx + p);
-                }
-            }
-        }
-        for t in t4..tokens {
-            for p in 0..n {
-                *tp.add(p * tokens + t) = *xp.add(t * ldx + p);
-            }
-        }
-    }
+fn axpy_vec(isa: Neon, y: &mut [f32], x: &[f32], s: Option<&[f32]>) {
+    simd::axpy(isa, y, x, s)
 }
 
 /// Column index types of the CSR kernels.
@@ -787,22 +488,14 @@ unsafe fn sparse_row_block<I: Index, V: Elem, const U: usize>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn sparse_add_typed<I: Index, V: Elem>(
-    tokens: usize,
-    row_ptr: &[u32],
-    col_idx: &[I],
-    values: &[V],
-    n: usize,
-    x: &[f32],
-    ldx: usize,
-    y: &mut [f32],
-    ldy: usize,
-    xt: &mut [f32],
-) {
+/// `Y += X · Sᵀ` for a typed CSR matrix (see [`super::sparse_add`]); `s.row_ptr.len() ≥ 2`.
+fn sparse_add_typed<I: Index, V: Elem>(s: TypedCsr<'_, I, V>, x: Rows<'_>, y: RowsMut<'_>, xt: &mut [f32]) {
+    let TypedCsr { row_ptr, col_idx, values, n } = s;
+    let (tokens, x, ldx) = (x.rows, x.data, x.ld);
+    let (y, ldy) = (y.data, y.ld);
     let rows = row_ptr.len() - 1;
     assert!(fits(tokens, ldy, rows, y.len()), "sparse_add: Y too small");
-    transpose_into(x, ldx, tokens, n, xt);
+    simd::transpose_into(Neon::baseline(), x, ldx, tokens, n, xt);
     let xt = &xt[..n * tokens];
     let t4 = tokens / 4 * 4;
     let mut out = [[0.0f32; TOKENS]; ROWS];
@@ -875,83 +568,19 @@ fn sparse_add_typed<I: Index, V: Elem>(
     }
 }
 
-impl Neon {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn layer_norm(
-        self,
-        rows: usize,
-        dim: usize,
-        x: &[f32],
-        ldx: usize,
-        gamma: &[f32],
-        beta: &[f32],
-        eps: f32,
-        out: &mut [f32],
-        ldo: usize,
-    ) {
-        let (gamma, beta) = (&gamma[..dim], &beta[..dim]);
-        for r in 0..rows {
-            layer_norm_row(&x[r * ldx..r * ldx + dim], gamma, beta, eps, &mut out[r * ldo..r * ldo + dim]);
-        }
+/// Sparse add of a CSR matrix (see [`super::sparse_add`]).
+fn sparse_add(isa: Neon, s: Csr<'_>, x: Rows<'_>, y: RowsMut<'_>, xt: &mut [f32]) {
+    let _ = isa;
+    if s.row_ptr.len() < 2 || x.rows() == 0 {
+        return;
     }
-
-    pub(crate) fn softmax_rows(self, rows: usize, cols: usize, x: &mut [f32], ld: usize, scale: f32) {
-        for r in 0..rows {
-            softmax_row(&mut x[r * ld..r * ld + cols], scale);
-        }
+    // With few tokens the transposition does not pay: the scalar kernel gathers directly.
+    if x.rows() < 8 || s.col_idx.is_empty() {
+        scalar::sparse_add(s, x, y);
+        return;
     }
-
-    pub(crate) fn gelu(self, x: &mut [f32]) {
-        map4(x, gelu4);
-    }
-
-    pub(crate) fn add_scaled(self, y: &mut [f32], x: &[f32], scale: Option<&[f32]>) {
-        match scale {
-            None => axpy_vec(y, x, None),
-            Some(s) => {
-                let d = s.len();
-                for (yc, xc) in y.chunks_mut(d).zip(x.chunks(d)) {
-                    let l = yc.len();
-                    axpy_vec(yc, xc, Some(&s[..l]));
-                }
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn sparse_add(
-        self,
-        tokens: usize,
-        row_ptr: &[u32],
-        col_idx: SparseIndices<'_>,
-        values: WeightSlice<'_>,
-        x: &[f32],
-        ldx: usize,
-        y: &mut [f32],
-        ldy: usize,
-        xt: &mut [f32],
-    ) {
-        if row_ptr.len() < 2 || tokens == 0 {
-            return;
-        }
-        // With few tokens the transposition does not pay: the scalar kernel gathers directly.
-        if tokens < 8 || col_idx.is_empty() {
-            scalar::sparse_add(tokens, row_ptr, col_idx, values, x, ldx, y, ldy);
-            return;
-        }
-        let n = col_idx.min_cols();
-        macro_rules! go {
-            ($i:expr) => {
-                match values {
-                    WeightSlice::F32(v) => sparse_add_typed(tokens, row_ptr, $i, v, n, x, ldx, y, ldy, xt),
-                    WeightSlice::F16(v) => sparse_add_typed(tokens, row_ptr, $i, v, n, x, ldx, y, ldy, xt),
-                    WeightSlice::BF16(v) => sparse_add_typed(tokens, row_ptr, $i, v, n, x, ldx, y, ldy, xt),
-                }
-            };
-        }
-        match col_idx {
-            SparseIndices::U16(i) => go!(i),
-            SparseIndices::U32(i) => go!(i),
-        }
-    }
+    let n = s.col_idx.min_cols();
+    with_typed_csr!(s, n, |csr| sparse_add_typed(csr, x, y, xt))
 }
+
+simd_kernels!(Neon);

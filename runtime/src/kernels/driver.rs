@@ -24,7 +24,7 @@
 // Without a SIMD backend (e.g. Cortex-M) only the constants are used.
 #![cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
 
-use super::{BLayout, MatB, Problem};
+use super::{BLayout, MatB, Problem, Scratch};
 
 /// Rows of the micro-kernel tile.
 pub(crate) const MR: usize = 6;
@@ -59,6 +59,27 @@ pub(crate) struct Tile {
     pub scale: *const f32,
     pub gelu: bool,
     pub accumulate: bool,
+}
+
+impl Tile {
+    /// The tile of columns `j..j + cols` of output row 0 of `p`, computed in one k block and
+    /// stored straight to C (what the matrix-vector kernels produce).
+    pub(crate) fn row_segment(p: &Problem<'_>, j: usize, cols: usize) -> Tile {
+        let c = p.c.wrapping_add(j);
+        Tile {
+            first: true,
+            last: true,
+            cols,
+            part: c,
+            ldp: p.ldc,
+            c,
+            ldc: p.ldc,
+            bias: p.bias.map_or(core::ptr::null(), |b| b.as_ptr().wrapping_add(j)),
+            scale: p.scale.map_or(core::ptr::null(), |s| s.as_ptr().wrapping_add(j)),
+            gelu: p.gelu,
+            accumulate: p.accumulate,
+        }
+    }
 }
 
 /// An instruction set with a GEMM micro-kernel. Implemented by zero-sized tokens that can only
@@ -178,6 +199,20 @@ pub(crate) unsafe fn gemm<A: Arch>(arch: A, pack: &mut [f32], part: &mut [f32], 
             ic += mc;
         }
         jc += nc;
+    }
+}
+
+/// Runs `p` with the micro-kernel of `arch` and the packing buffers of `scratch`, or with the
+/// scalar kernel when `scratch` is too small for the driver (it was made for another backend).
+///
+/// # Safety
+/// The invariants of [`Problem`] hold for `p`.
+pub(crate) unsafe fn run<A: Arch>(arch: A, scratch: &mut Scratch, p: &Problem<'_>) {
+    match scratch.simd_buffers() {
+        // SAFETY: forwarded contract; the buffers have the sizes `gemm` needs.
+        Some((pack, part)) => unsafe { gemm(arch, pack, part, p) },
+        // SAFETY: forwarded contract.
+        None => unsafe { super::scalar::gemm_problem(p) },
     }
 }
 

@@ -1,7 +1,14 @@
 //! Portable kernels: the reference semantics of every kernel and the path used on targets
 //! without SIMD support (Cortex-M).
 
-use super::{BLayout, Epilogue, Gemm, MatB, Problem, SparseIndices, WeightSlice};
+use super::backend::Kernels;
+use super::{BLayout, Csr, Epilogue, Gemm, MatB, Problem, Rows, RowsMut, WeightSlice};
+
+/// The portable kernel table: every entry is the default of [`Kernels`], i.e. a kernel of this
+/// module.
+pub(crate) struct Portable;
+
+impl Kernels for Portable {}
 
 /// `e^x` for f32, Cephes-style range reduction and a degree-6 polynomial (≤ 2 ulp on the
 /// range used here). Inputs are clamped to [-87.33, 88.37]; below that the result is the
@@ -217,17 +224,9 @@ impl MatB<'_> {
 }
 
 /// Scalar sparse add (see [`super::sparse_add`]).
-#[allow(clippy::too_many_arguments)]
-pub fn sparse_add(
-    tokens: usize,
-    row_ptr: &[u32],
-    col_idx: SparseIndices<'_>,
-    values: WeightSlice<'_>,
-    x: &[f32],
-    ldx: usize,
-    y: &mut [f32],
-    ldy: usize,
-) {
+pub fn sparse_add(s: Csr<'_>, x: Rows<'_>, y: RowsMut<'_>) {
+    let (row_ptr, col_idx, values) = (s.row_ptr, s.col_idx, s.values);
+    let (tokens, x, ldx, y, ldy) = (x.rows, x.data, x.ld, y.data, y.ld);
     let rows = row_ptr.len().saturating_sub(1);
     for t in 0..tokens {
         let xr = &x[t * ldx..];
@@ -244,24 +243,15 @@ pub fn sparse_add(
 }
 
 /// Scalar LayerNorm (see [`super::layer_norm`]).
-#[allow(clippy::too_many_arguments)]
-pub fn layer_norm(
-    rows: usize,
-    dim: usize,
-    x: &[f32],
-    ldx: usize,
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    out: &mut [f32],
-    ldo: usize,
-) {
+pub fn layer_norm(x: Rows<'_>, gamma: &[f32], beta: &[f32], eps: f32, out: RowsMut<'_>) {
+    let (rows, dim) = (x.rows, x.cols);
+    let mut out = out;
     for r in 0..rows {
-        let xr = &x[r * ldx..r * ldx + dim];
+        let xr = x.row(r);
         let mean = xr.iter().sum::<f32>() / dim as f32;
         let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
         let inv = 1.0 / libm::sqrtf(var + eps);
-        let or = &mut out[r * ldo..r * ldo + dim];
+        let or = out.row_mut(r);
         for i in 0..dim {
             or[i] = (xr[i] - mean) * inv * gamma[i] + beta[i];
         }

@@ -16,12 +16,14 @@
 #![allow(clippy::needless_range_loop, unused_unsafe)]
 
 use core::arch::x86_64::*;
-use core::ptr;
 
 use half::{bf16, f16};
 
-use super::driver::{Arch, Tile, MR, NR};
-use super::{fits, BLayout, Backend, MatB, Problem, SparseIndices, WeightSlice};
+use super::backend::Kernels;
+use super::driver::{Arch, Tile, NR};
+use super::simd::{self, impl_simd, simd_arch, simd_kernels, with_typed_csr, with_typed_values, Gelu, Simd, TypedCsr};
+use super::types::fits;
+use super::{BLayout, Backend, Csr, MatB, Problem, Rows, RowsMut, Scratch, SparseIndices, WeightSlice};
 
 /// Proof that the CPU supports AVX2, FMA and F16C (only constructed after detection).
 #[derive(Clone, Copy, Debug)]
@@ -31,10 +33,42 @@ pub(crate) struct Avx2 {
 
 impl Avx2 {
     /// The token, if [`Backend::detect`] selected AVX2.
-    pub(crate) fn get() -> Option<Avx2> {
-        (Backend::detect() == Backend::Avx2).then_some(Avx2 { _detected: () })
+    pub(crate) fn get() -> Option<&'static Avx2> {
+        (Backend::detect() == Backend::Avx2).then_some(&Avx2 { _detected: () })
+    }
+
+    /// The token, inside a function whose own contract is that the CPU has the features.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2, FMA and F16C.
+    #[inline(always)]
+    unsafe fn assume() -> Avx2 {
+        Avx2 { _detected: () }
     }
 }
+
+impl_simd!(Avx2, __m256, lanes = 8, {
+    zero => _mm256_setzero_ps(),
+    splat(x) => _mm256_set1_ps(x),
+    load(p) => _mm256_loadu_ps(p),
+    store(p, v) => _mm256_storeu_ps(p, v),
+    add(a, b) => _mm256_add_ps(a, b),
+    sub(a, b) => _mm256_sub_ps(a, b),
+    mul(a, b) => _mm256_mul_ps(a, b),
+    mul_add(a, b, c) => _mm256_fmadd_ps(a, b, c),
+    hsum(v) => hsum(v),
+    gelu(v) => gelu8(v),
+    transpose_block(src, lds, dst, ldd) => {
+        let mut v = [_mm256_setzero_ps(); 8];
+        for r in 0..8 {
+            v[r] = _mm256_loadu_ps(src.add(r * lds));
+        }
+        let t = transpose8(&v);
+        for q in 0..8 {
+            _mm256_storeu_ps(dst.add(q * ldd), t[q]);
+        }
+    },
+});
 
 /// A weight element type that can be loaded as f32.
 trait Elem: Copy {
@@ -343,116 +377,6 @@ unsafe fn pack_kn<T: Elem>(src: *const T, ld: usize, kc: usize, cols: usize, dst
     }
 }
 
-/// Stores a full-width tile (`t.cols == 8 * V`) through the epilogue.
-///
-/// # Safety
-/// The pointers of `t` are valid for `R` rows of `8 * V` elements (see [`Tile`]).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn store_tile<const R: usize, const V: usize>(acc: &[[__m256; V]; R], t: &Tile) {
-    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
-    // where they occur.
-    unsafe {
-        // SAFETY (whole function): every access is inside row `i < R`, columns `< 8 * V` of the
-        // tile's `part`/`c`, or the first `8 * V` entries of `bias`/`scale` (contract).
-        unsafe {
-            for i in 0..R {
-                for v in 0..V {
-                    let mut x = acc[i][v];
-                    let pp = t.part.add(i * t.ldp + 8 * v);
-                    if !t.first {
-                        x = _mm256_add_ps(x, _mm256_loadu_ps(pp));
-                    }
-                    if !t.last {
-                        _mm256_storeu_ps(pp, x);
-                        continue;
-                    }
-                    if !t.bias.is_null() {
-                        x = _mm256_add_ps(x, _mm256_loadu_ps(t.bias.add(8 * v)));
-                    }
-                    if t.gelu {
-                        x = gelu8(x);
-                    }
-                    let cp = t.c.add(i * t.ldc + 8 * v);
-                    if t.accumulate {
-                        let c0 = _mm256_loadu_ps(cp);
-                        x = if t.scale.is_null() {
-                            _mm256_add_ps(c0, x)
-                        } else {
-                            _mm256_fmadd_ps(_mm256_loadu_ps(t.scale.add(8 * v)), x, c0)
-                        };
-                    }
-                    _mm256_storeu_ps(cp, x);
-                }
-            }
-        }
-    }
-}
-
-/// Stores a tile of `R` rows and `t.cols ≤ 8 * V` columns: full tiles directly, edge tiles
-/// through zero-padded copies so that every element sees the same vector epilogue.
-///
-/// # Safety
-/// The pointers of `t` are valid for `R` rows of `t.cols` elements (see [`Tile`]).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn finish<const R: usize, const V: usize>(acc: &[[__m256; V]; R], t: &Tile) {
-    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
-    // where they occur.
-    unsafe {
-        if t.cols == 8 * V {
-            // SAFETY: forwarded contract.
-            unsafe { store_tile::<R, V>(acc, t) };
-            return;
-        }
-        let cols = t.cols;
-        let mut tp = [0.0f32; MR * NR];
-        let mut tc = [0.0f32; MR * NR];
-        let mut tb = [0.0f32; NR];
-        let mut ts = [0.0f32; NR];
-        // SAFETY: copies `cols` elements of each of the `R` valid rows (contract) to or from the
-        // local buffers, which have `NR ≥ 8 * V` columns and `MR ≥ R` rows and never overlap them.
-        unsafe {
-            if !t.first {
-                for i in 0..R {
-                    ptr::copy_nonoverlapping(t.part.add(i * t.ldp), tp.as_mut_ptr().add(i * NR), cols);
-                }
-            }
-            if t.last && t.accumulate {
-                for i in 0..R {
-                    ptr::copy_nonoverlapping(t.c.add(i * t.ldc), tc.as_mut_ptr().add(i * NR), cols);
-                }
-            }
-            if !t.bias.is_null() {
-                ptr::copy_nonoverlapping(t.bias, tb.as_mut_ptr(), cols);
-            }
-            if !t.scale.is_null() {
-                ptr::copy_nonoverlapping(t.scale, ts.as_mut_ptr(), cols);
-            }
-            let tt = Tile {
-                cols: 8 * V,
-                part: tp.as_mut_ptr(),
-                ldp: NR,
-                c: tc.as_mut_ptr(),
-                ldc: NR,
-                bias: if t.bias.is_null() { ptr::null() } else { tb.as_ptr() },
-                scale: if t.scale.is_null() { ptr::null() } else { ts.as_ptr() },
-                ..*t
-            };
-            store_tile::<R, V>(acc, &tt);
-            if !t.last {
-                for i in 0..R {
-                    ptr::copy_nonoverlapping(tp.as_ptr().add(i * NR), t.part.add(i * t.ldp), cols);
-                }
-            } else {
-                for i in 0..R {
-                    ptr::copy_nonoverlapping(tc.as_ptr().add(i * NR), t.c.add(i * t.ldc), cols);
-                }
-            }
-        }
-    }
-}
-
 /// The `R × 8V` micro-kernel: `acc[i][j] = Σ_p a[i * lda + p] · b[p * NR + j]`, one FMA chain per
 /// element in order `p = 0..kc`.
 ///
@@ -498,7 +422,7 @@ unsafe fn ukernel<const R: usize, const V: usize>(kc: usize, a: *const f32, lda:
                 ap = ap.add(1);
                 bp = bp.add(NR);
             }
-            finish::<R, V>(&acc, t);
+            simd::finish::<Avx2, R, V>(Avx2::assume(), &acc, t);
         }
     }
 }
@@ -517,8 +441,6 @@ unsafe fn gemv_nk<T: Elem>(p: &Problem<'_>, w: *const T) {
         let ld = p.b.ld;
         let a = p.a.as_ptr();
         let k8 = k / 8 * 8;
-        let bias = p.bias.map_or(ptr::null(), |b| b.as_ptr());
-        let scale = p.scale.map_or(ptr::null(), |s| s.as_ptr());
         let mut j = 0;
         while j < p.n {
             let cols = (p.n - j).min(8);
@@ -550,185 +472,28 @@ unsafe fn gemv_nk<T: Elem>(p: &Problem<'_>, w: *const T) {
                     }
                     s = _mm256_add_ps(s, _mm256_loadu_ps(tail.as_ptr()));
                 }
-                let c = p.c.add(j);
-                let t = Tile {
-                    first: true,
-                    last: true,
-                    cols,
-                    part: c,
-                    ldp: p.ldc,
-                    c,
-                    ldc: p.ldc,
-                    bias: if bias.is_null() { bias } else { bias.add(j) },
-                    scale: if scale.is_null() { scale } else { scale.add(j) },
-                    gelu: p.gelu,
-                    accumulate: p.accumulate,
-                };
-                finish::<1, 1>(&[[s]], &t);
+                let t = Tile::row_segment(p, j, cols);
+                simd::finish::<Avx2, 1, 1>(Avx2::assume(), &[[s]], &t);
             }
             j += 8;
         }
     }
 }
 
-impl Arch for Avx2 {
-    unsafe fn pack_b(self, b: &MatB<'_>, pc: usize, kc: usize, col: usize, cols: usize, dst: *mut f32) {
-        let ld = b.ld;
-        let off = match b.layout {
-            BLayout::NK => col * ld + pc,
-            BLayout::KN => pc * ld + col,
-        };
-        // SAFETY: `self` proves the CPU features; the block is inside the validated B (contract),
-        // so `off` is in bounds and the pack functions' row/column ranges are valid.
-        unsafe {
-            match (b.data, b.layout) {
-                (WeightSlice::F32(w), BLayout::NK) => pack_nk(w.as_ptr().add(off), ld, kc, cols, dst),
-                (WeightSlice::F16(w), BLayout::NK) => pack_nk(w.as_ptr().add(off), ld, kc, cols, dst),
-                (WeightSlice::BF16(w), BLayout::NK) => pack_nk(w.as_ptr().add(off), ld, kc, cols, dst),
-                (WeightSlice::F32(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
-                (WeightSlice::F16(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
-                (WeightSlice::BF16(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
-            }
-        }
-    }
-
-    unsafe fn kernel(self, rows: usize, kc: usize, a: *const f32, lda: usize, bp: *const f32, t: &Tile) {
-        // SAFETY: `self` proves the CPU features; pointer contract forwarded, `rows` matches R.
-        unsafe {
-            if t.cols > 8 {
-                match rows {
-                    6 => ukernel::<6, 2>(kc, a, lda, bp, t),
-                    5 => ukernel::<5, 2>(kc, a, lda, bp, t),
-                    4 => ukernel::<4, 2>(kc, a, lda, bp, t),
-                    3 => ukernel::<3, 2>(kc, a, lda, bp, t),
-                    2 => ukernel::<2, 2>(kc, a, lda, bp, t),
-                    _ => ukernel::<1, 2>(kc, a, lda, bp, t),
-                }
-            } else {
-                match rows {
-                    6 => ukernel::<6, 1>(kc, a, lda, bp, t),
-                    5 => ukernel::<5, 1>(kc, a, lda, bp, t),
-                    4 => ukernel::<4, 1>(kc, a, lda, bp, t),
-                    3 => ukernel::<3, 1>(kc, a, lda, bp, t),
-                    2 => ukernel::<2, 1>(kc, a, lda, bp, t),
-                    _ => ukernel::<1, 1>(kc, a, lda, bp, t),
-                }
-            }
-        }
-    }
-
-    unsafe fn gemv_nk(self, p: &Problem<'_>) {
-        // SAFETY: `self` proves the CPU features; contract forwarded.
-        unsafe {
-            match p.b.data {
-                WeightSlice::F32(w) => gemv_nk(p, w.as_ptr()),
-                WeightSlice::F16(w) => gemv_nk(p, w.as_ptr()),
-                WeightSlice::BF16(w) => gemv_nk(p, w.as_ptr()),
-            }
-        }
-    }
-}
+simd_arch!(Avx2, half = 1, full = 2);
 
 // ---------------------------------------------------------------------------------------------
 // Element-wise and row kernels.
 
-/// Sum of `x` (4 × 8 lanes, then a horizontal sum, then the tail in order).
-#[inline]
+/// LayerNorm of one row (see [`simd::layer_norm_row`]).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum(x: &[f32]) -> f32 {
-    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
-    // where they occur.
-    unsafe {
-        let n = x.len();
-        let p = x.as_ptr();
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        // SAFETY: every load reads `x[i..i + 8]` with `i + 8 ≤ n`.
-        unsafe {
-            while i + 32 <= n {
-                for u in 0..4 {
-                    acc[u] = _mm256_add_ps(acc[u], _mm256_loadu_ps(p.add(i + 8 * u)));
-                }
-                i += 32;
-            }
-            while i + 8 <= n {
-                acc[0] = _mm256_add_ps(acc[0], _mm256_loadu_ps(p.add(i)));
-                i += 8;
-            }
-        }
-        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-        for &v in &x[i..] {
-            s += v;
-        }
-        s
-    }
+unsafe fn layer_norm_row(isa: Avx2, x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
+    simd::layer_norm_row(isa, x, gamma, beta, eps, out)
 }
 
-/// `Σ (x - mean)²`.
-#[inline]
+/// Softmax of `scale * row` in place.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
-    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
-    // where they occur.
-    unsafe {
-        let n = x.len();
-        let p = x.as_ptr();
-        let m = _mm256_set1_ps(mean);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        // SAFETY: every load reads `x[i..i + 8]` with `i + 8 ≤ n`.
-        unsafe {
-            while i + 32 <= n {
-                for u in 0..4 {
-                    let d = _mm256_sub_ps(_mm256_loadu_ps(p.add(i + 8 * u)), m);
-                    acc[u] = _mm256_fmadd_ps(d, d, acc[u]);
-                }
-                i += 32;
-            }
-            while i + 8 <= n {
-                let d = _mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m);
-                acc[0] = _mm256_fmadd_ps(d, d, acc[0]);
-                i += 8;
-            }
-        }
-        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-        for &v in &x[i..] {
-            s += (v - mean) * (v - mean);
-        }
-        s
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn layer_norm_row(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
-    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
-    // where they occur.
-    unsafe {
-        let dim = x.len();
-        assert!(gamma.len() == dim && beta.len() == dim && out.len() == dim);
-        let mean = sum(x) / dim as f32;
-        let var = sum_sq_dev(x, mean) / dim as f32;
-        let inv = 1.0 / libm::sqrtf(var + eps);
-        let (vm, vi) = (_mm256_set1_ps(mean), _mm256_set1_ps(inv));
-        let mut i = 0;
-        // SAFETY: all four slices have length `dim` (asserted) and `i + 8 ≤ dim`.
-        unsafe {
-            while i + 8 <= dim {
-                let v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), vm), vi);
-                let r =
-                    _mm256_fmadd_ps(v, _mm256_loadu_ps(gamma.as_ptr().add(i)), _mm256_loadu_ps(beta.as_ptr().add(i)));
-                _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
-                i += 8;
-            }
-        }
-        for j in i..dim {
-            out[j] = (x[j] - mean) * inv * gamma[j] + beta[j];
-        }
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn softmax_row(row: &mut [f32], scale: f32) {
+unsafe fn softmax_row(_: Avx2, row: &mut [f32], scale: f32) {
     // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
     // where they occur.
     unsafe {
@@ -794,117 +559,16 @@ unsafe fn softmax_row(row: &mut [f32], scale: f32) {
     }
 }
 
+/// GELU in place (see [`simd::map`]).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gelu_slice(x: &mut [f32]) {
-    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
-    // where they occur.
-    unsafe {
-        let n = x.len();
-        let p = x.as_mut_ptr();
-        let mut i = 0;
-        // SAFETY: every vector access is `x[i..i + 8]` with `i + 8 ≤ n`.
-        unsafe {
-            while i + 8 <= n {
-                _mm256_storeu_ps(p.add(i), gelu8(_mm256_loadu_ps(p.add(i))));
-                i += 8;
-            }
-        }
-        if i < n {
-            let rest = n - i;
-            let mut buf = [0.0f32; 8];
-            buf[..rest].copy_from_slice(&x[i..]);
-            // SAFETY: `buf` has 8 elements.
-            unsafe { _mm256_storeu_ps(buf.as_mut_ptr(), gelu8(_mm256_loadu_ps(buf.as_ptr()))) };
-            x[i..].copy_from_slice(&buf[..rest]);
-        }
-    }
+unsafe fn gelu_slice(isa: Avx2, x: &mut [f32]) {
+    simd::map(isa, x, &Gelu)
 }
 
 /// `y += s ⊙ x` (or `y += x`) over equal-length slices.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn axpy_vec(y: &mut [f32], x: &[f32], s: Option<&[f32]>) {
-    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
-    // where they occur.
-    unsafe {
-        let n = y.len();
-        assert!(x.len() == n && s.map_or(true, |s| s.len() == n));
-        let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
-        let mut i = 0;
-        // SAFETY: all slices have length `n` (asserted) and every access is `[i..i + 8]`, `i + 8 ≤ n`.
-        unsafe {
-            match s {
-                Some(s) => {
-                    let sp = s.as_ptr();
-                    while i + 8 <= n {
-                        let r = _mm256_fmadd_ps(
-                            _mm256_loadu_ps(sp.add(i)),
-                            _mm256_loadu_ps(xp.add(i)),
-                            _mm256_loadu_ps(yp.add(i)),
-                        );
-                        _mm256_storeu_ps(yp.add(i), r);
-                        i += 8;
-                    }
-                    for j in i..n {
-                        y[j] += s[j] * x[j];
-                    }
-                }
-                None => {
-                    while i + 8 <= n {
-                        _mm256_storeu_ps(
-                            yp.add(i),
-                            _mm256_add_ps(_mm256_loadu_ps(yp.add(i)), _mm256_loadu_ps(xp.add(i))),
-                        );
-                        i += 8;
-                    }
-                    for j in i..n {
-                        y[j] += x[j];
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// `xt[p * tokens + t] = x[t * ldx + p]` for `t < tokens`, `p < n`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn transpose_into(x: &[f32], ldx: usize, tokens: usize, n: usize, xt: &mut [f32]) {
-    // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
-    // where they occur.
-    unsafe {
-        assert!(n.checked_mul(tokens).is_some_and(|need| xt.len() >= need), "sparse_add: xt too small");
-        if n == 0 || tokens == 0 {
-            return;
-        }
-        assert!(fits(tokens, ldx, n, x.len()), "sparse_add: X too small");
-        let (t8, n8) = (tokens / 8 * 8, n / 8 * 8);
-        let (xp, tp) = (x.as_ptr(), xt.as_mut_ptr());
-        // SAFETY: reads `x[t * ldx + p]` and writes `xt[p * tokens + t]` for `t < tokens`, `p < n`,
-        // both in bounds (asserted above).
-        unsafe {
-            for t0 in (0..t8).step_by(8) {
-                for p0 in (0..n8).step_by(8) {
-                    let mut v = [_mm256_setzero_ps(); 8];
-                    for r in 0..8 {
-                        v[r] = _mm256_loadu_ps(xp.add((t0 + r) * ldx + p0));
-                    }
-                    let t = transpose8(&v);
-                    for q in 0..8 {
-                        _mm256_storeu_ps(tp.add((p0 + q) * tokens + t0), t[q]);
-                    }
-                }
-                for p in n8..n {
-                    for r in 0..8 {
-                        *tp.add(p * tokens + t0 + r) = *xp.add((t0 + r) * ldx + p);
-                    }
-                }
-            }
-            for t in t8..tokens {
-                for p in 0..n {
-                    *tp.add(p * tokens + t) = *xp.add(t * ldx + p);
-                }
-            }
-        }
-    }
+unsafe fn axpy_vec(isa: Avx2, y: &mut [f32], x: &[f32], s: Option<&[f32]>) {
+    simd::axpy(isa, y, x, s)
 }
 
 /// Column index types of the CSR kernels.
@@ -1024,20 +688,16 @@ unsafe fn sparse_dot<I: Index, V: Elem>(cols: &[I], vals: &[V], x: *const f32) -
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `Y += X · Sᵀ` for a typed CSR matrix (see [`super::sparse_add`]).
+///
+/// # Safety
+/// The CPU has AVX2/FMA/F16C; `s.row_ptr.len() ≥ 2` and `s.n` is one more than the largest
+/// column index.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sparse_add_typed<I: Index, V: Elem>(
-    tokens: usize,
-    row_ptr: &[u32],
-    col_idx: &[I],
-    values: &[V],
-    n: usize,
-    x: &[f32],
-    ldx: usize,
-    y: &mut [f32],
-    ldy: usize,
-    xt: &mut [f32],
-) {
+unsafe fn sparse_add_typed<I: Index, V: Elem>(s: TypedCsr<'_, I, V>, x: Rows<'_>, y: RowsMut<'_>, xt: &mut [f32]) {
+    let TypedCsr { row_ptr, col_idx, values, n } = s;
+    let (tokens, x, ldx) = (x.rows, x.data, x.ld);
+    let (y, ldy) = (y.data, y.ld);
     // SAFETY: see the module contract and the per-access comments.
     unsafe {
         let rows = row_ptr.len() - 1;
@@ -1057,7 +717,7 @@ unsafe fn sparse_add_typed<I: Index, V: Elem>(
             }
             return;
         }
-        transpose_into(x, ldx, tokens, n, xt);
+        simd::transpose_into(Avx2::assume(), x, ldx, tokens, n, xt);
         let xt = &xt[..n * tokens];
         let mut out = [[0.0f32; TOKENS]; ROWS];
         let mut j0 = 0;
@@ -1119,93 +779,19 @@ unsafe fn sparse_add_typed<I: Index, V: Elem>(
     }
 }
 
-impl Avx2 {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn layer_norm(
-        self,
-        rows: usize,
-        dim: usize,
-        x: &[f32],
-        ldx: usize,
-        gamma: &[f32],
-        beta: &[f32],
-        eps: f32,
-        out: &mut [f32],
-        ldo: usize,
-    ) {
-        let (gamma, beta) = (&gamma[..dim], &beta[..dim]);
-        for r in 0..rows {
-            let xr = &x[r * ldx..r * ldx + dim];
-            let or = &mut out[r * ldo..r * ldo + dim];
-            // SAFETY: `self` proves the CPU features.
-            unsafe { layer_norm_row(xr, gamma, beta, eps, or) };
-        }
+/// Sparse add of a CSR matrix (see [`super::sparse_add`]).
+fn sparse_add(isa: Avx2, s: Csr<'_>, x: Rows<'_>, y: RowsMut<'_>, xt: &mut [f32]) {
+    let _ = isa;
+    if s.row_ptr.len() < 2 || x.rows() == 0 {
+        return;
     }
-
-    pub(crate) fn softmax_rows(self, rows: usize, cols: usize, x: &mut [f32], ld: usize, scale: f32) {
-        for r in 0..rows {
-            // SAFETY: `self` proves the CPU features.
-            unsafe { softmax_row(&mut x[r * ld..r * ld + cols], scale) };
-        }
+    if s.col_idx.is_empty() {
+        return;
     }
-
-    pub(crate) fn gelu(self, x: &mut [f32]) {
-        // SAFETY: `self` proves the CPU features.
-        unsafe { gelu_slice(x) };
-    }
-
-    pub(crate) fn add_scaled(self, y: &mut [f32], x: &[f32], scale: Option<&[f32]>) {
-        match scale {
-            None => {
-                // SAFETY: `self` proves the CPU features.
-                unsafe { axpy_vec(y, x, None) }
-            }
-            Some(s) => {
-                let d = s.len();
-                for (yc, xc) in y.chunks_mut(d).zip(x.chunks(d)) {
-                    let l = yc.len();
-                    // SAFETY: `self` proves the CPU features.
-                    unsafe { axpy_vec(yc, xc, Some(&s[..l])) };
-                }
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn sparse_add(
-        self,
-        tokens: usize,
-        row_ptr: &[u32],
-        col_idx: SparseIndices<'_>,
-        values: WeightSlice<'_>,
-        x: &[f32],
-        ldx: usize,
-        y: &mut [f32],
-        ldy: usize,
-        xt: &mut [f32],
-    ) {
-        if row_ptr.len() < 2 || tokens == 0 {
-            return;
-        }
-        if col_idx.is_empty() {
-            return;
-        }
-        let n = col_idx.min_cols();
-        macro_rules! go {
-            ($i:expr) => {
-                // SAFETY: `self` proves the CPU features.
-                unsafe {
-                    match values {
-                        WeightSlice::F32(v) => sparse_add_typed(tokens, row_ptr, $i, v, n, x, ldx, y, ldy, xt),
-                        WeightSlice::F16(v) => sparse_add_typed(tokens, row_ptr, $i, v, n, x, ldx, y, ldy, xt),
-                        WeightSlice::BF16(v) => sparse_add_typed(tokens, row_ptr, $i, v, n, x, ldx, y, ldy, xt),
-                    }
-                }
-            };
-        }
-        match col_idx {
-            SparseIndices::U16(i) => go!(i),
-            SparseIndices::U32(i) => go!(i),
-        }
-    }
+    let n = s.col_idx.min_cols();
+    // SAFETY: `isa` proves the CPU features; `row_ptr` has two entries or more (checked) and `n`
+    // is one more than the largest index.
+    with_typed_csr!(s, n, |csr| unsafe { sparse_add_typed(csr, x, y, xt) })
 }
+
+simd_kernels!(Avx2);

@@ -4,12 +4,12 @@
 
 use alloc::format;
 
-use super::linear::{LinearCtx, Rows};
+use super::linear::LinearCtx;
 use super::{Observer, Outputs, Session};
 use crate::config::{GlobalPool, Head};
 use crate::error::{Error, Result};
 use crate::format::schema::BlockLinear;
-use crate::kernels::{self, Epilogue, Gemm, MatB};
+use crate::kernels::{self, Epilogue, Gemm, MatB, Rows, RowsMut};
 use crate::model::{LinearRepr, Norm};
 
 /// A [`LinearCtx`] over a session's model, backend, pool, scratch and temporaries. A macro
@@ -116,12 +116,19 @@ impl Session<'_, '_> {
         let eps = c.layer_norm_eps;
 
         let norm1 = &block.norm1;
-        kernels::layer_norm(backend, rows, d, &self.x, d, &norm1.weight, &norm1.bias, eps, &mut self.xn, d);
+        kernels::layer_norm(
+            backend,
+            Rows::new(&self.x, rows, d, d),
+            &norm1.weight,
+            &norm1.bias,
+            eps,
+            RowsMut::new(&mut self.xn, rows, d, d),
+        );
         observer.linear_input(i, BlockLinear::Qkv, &self.xn[..rows * d], rows, d);
         if last == Some(BlockLinear::Qkv) {
             return;
         }
-        linear_ctx!(self).apply(&block.qkv, Rows::packed(&self.xn, rows, d), &mut self.qkv, Epilogue::default());
+        linear_ctx!(self).apply(&block.qkv, Rows::new(&self.xn, rows, d, d), &mut self.qkv, Epilogue::default());
         self.attention();
         observer.residual_input(i, BlockLinear::Proj, &self.x[..rows * d], rows, d);
         observer.linear_input(i, BlockLinear::Proj, &self.ctx[..rows * d], rows, d);
@@ -129,16 +136,23 @@ impl Session<'_, '_> {
             return;
         }
         let residual = Epilogue { accumulate: true, scale: block.ls1.as_deref(), ..Epilogue::default() };
-        linear_ctx!(self).apply(&block.proj, Rows::packed(&self.ctx, rows, d), &mut self.x, residual);
+        linear_ctx!(self).apply(&block.proj, Rows::new(&self.ctx, rows, d, d), &mut self.x, residual);
 
         let norm2 = &block.norm2;
-        kernels::layer_norm(backend, rows, d, &self.x, d, &norm2.weight, &norm2.bias, eps, &mut self.xn, d);
+        kernels::layer_norm(
+            backend,
+            Rows::new(&self.x, rows, d, d),
+            &norm2.weight,
+            &norm2.bias,
+            eps,
+            RowsMut::new(&mut self.xn, rows, d, d),
+        );
         observer.linear_input(i, BlockLinear::Fc1, &self.xn[..rows * d], rows, d);
         if last == Some(BlockLinear::Fc1) {
             return;
         }
         let gelu = Epilogue { gelu: true, ..Epilogue::default() };
-        linear_ctx!(self).apply(&block.fc1, Rows::packed(&self.xn, rows, d), &mut self.hidden, gelu);
+        linear_ctx!(self).apply(&block.fc1, Rows::new(&self.xn, rows, d, d), &mut self.hidden, gelu);
         let hidden = c.mlp_hidden;
         observer.residual_input(i, BlockLinear::Fc2, &self.x[..rows * d], rows, d);
         observer.linear_input(i, BlockLinear::Fc2, &self.hidden[..rows * hidden], rows, hidden);
@@ -146,7 +160,7 @@ impl Session<'_, '_> {
             return;
         }
         let residual = Epilogue { accumulate: true, scale: block.ls2.as_deref(), ..Epilogue::default() };
-        linear_ctx!(self).apply(&block.fc2, Rows::packed(&self.hidden, rows, hidden), &mut self.x, residual);
+        linear_ctx!(self).apply(&block.fc2, Rows::new(&self.hidden, rows, hidden, hidden), &mut self.x, residual);
         observer.block_output(i, &self.x[..rows * d], rows, d);
     }
 
@@ -195,7 +209,14 @@ impl Session<'_, '_> {
         let backend = self.backend;
         let eps = c.layer_norm_eps;
         if let Some(Norm { weight, bias }) = &model.norm {
-            kernels::layer_norm(backend, rows, d, &self.x, d, weight, bias, eps, &mut self.last_hidden, d);
+            kernels::layer_norm(
+                backend,
+                Rows::new(&self.x, rows, d, d),
+                weight,
+                bias,
+                eps,
+                RowsMut::new(&mut self.last_hidden, rows, d, d),
+            );
         }
         let hidden: &[f32] = if model.norm.is_some() { &self.last_hidden[..rows * d] } else { &self.x[..rows * d] };
         let prefix = c.num_prefix_tokens();
@@ -215,7 +236,14 @@ impl Session<'_, '_> {
         }
         if let Some(Norm { weight, bias }) = &model.fc_norm {
             // The LayerNorm kernel cannot work in place: normalise into `xn`, then copy back.
-            kernels::layer_norm(backend, n, d, &self.pooled, d, weight, bias, eps, &mut self.xn, d);
+            kernels::layer_norm(
+                backend,
+                Rows::new(&self.pooled, n, d, d),
+                weight,
+                bias,
+                eps,
+                RowsMut::new(&mut self.xn, n, d, d),
+            );
             self.pooled[..n * d].copy_from_slice(&self.xn[..n * d]);
         }
     }
@@ -229,7 +257,7 @@ impl Session<'_, '_> {
             Head::None => {}
             Head::Linear => {
                 let head = model.head.as_ref().expect("validated: linear head present");
-                let pooled = Rows { data: &self.pooled, count: n, stride: d };
+                let pooled = Rows::new(&self.pooled, n, d, d);
                 linear_ctx!(self).apply(head, pooled, &mut self.logits, Epilogue::default());
             }
             Head::Distilled => {
@@ -238,9 +266,9 @@ impl Session<'_, '_> {
                 let hidden: &[f32] =
                     if model.norm.is_some() { &self.last_hidden[..rows * d] } else { &self.x[..rows * d] };
                 // Rows are token 0 (class) and token 1 (distillation) of each image: stride t·d.
-                let class_rows = Rows { data: hidden, count: n, stride: t * d };
+                let class_rows = Rows::new(hidden, n, d, t * d);
                 linear_ctx!(self).apply(head, class_rows, &mut self.logits, Epilogue::default());
-                let dist_rows = Rows { data: &hidden[d..], count: n, stride: t * d };
+                let dist_rows = Rows::new(&hidden[d..], n, d, t * d);
                 linear_ctx!(self).apply(head_dist, dist_rows, &mut self.logits_dist, Epilogue::default());
                 for (a, b) in self.logits[..n * k].iter_mut().zip(&self.logits_dist[..n * k]) {
                     *a = (*a + *b) * 0.5;

@@ -3,7 +3,7 @@
 
 use alloc::vec::Vec;
 
-use crate::kernels::{self, Backend, Epilogue, Gemm, MatB, Scratch};
+use crate::kernels::{self, Backend, Csr, Epilogue, Gemm, MatB, Rows, RowsMut, Scratch};
 use crate::model::{Linear, LinearRepr, Model, Sparse};
 use crate::parallel::Exec;
 
@@ -16,24 +16,6 @@ pub(super) struct LinearBuffers {
     pub(super) lin_out: Vec<f32>,
     /// `rows × n`: the transposed input of a sparse term.
     pub(super) xt: Vec<f32>,
-}
-
-/// The input rows of a linear layer: `count` rows of `in_features` values, `stride` apart.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Rows<'x> {
-    /// Row `i` starts at `data[i * stride]`.
-    pub(super) data: &'x [f32],
-    /// Number of rows.
-    pub(super) count: usize,
-    /// Distance between row starts, in elements.
-    pub(super) stride: usize,
-}
-
-impl<'x> Rows<'x> {
-    /// `count` rows of `width` values stored back to back.
-    pub(super) fn packed(data: &'x [f32], count: usize, width: usize) -> Rows<'x> {
-        Rows { data, count, stride: width }
-    }
 }
 
 /// Everything a linear layer needs besides its operands: the model's weights, the kernel
@@ -50,8 +32,8 @@ impl LinearCtx<'_> {
     /// `out (ld m) ⊕= epilogue(input · Ŵᵀ + b)` for any representation of `Ŵ` (the epilogue's
     /// bias is replaced by the layer's).
     pub(super) fn apply(&mut self, layer: &Linear, input: Rows<'_>, out: &mut [f32], epilogue: Epilogue<'_>) {
-        let (rows, m, n) = (input.count, layer.out_features, layer.in_features);
-        let (a, lda) = (input.data, input.stride);
+        let (rows, m, n) = (input.rows(), layer.out_features, layer.in_features);
+        let (a, lda) = (input.data, input.ld());
         let bias = layer.bias.as_deref();
         let store = &self.model.store;
         match &layer.repr {
@@ -111,7 +93,7 @@ impl LinearCtx<'_> {
         out: &mut [f32],
         epilogue: Epilogue<'_>,
     ) {
-        let (rows, m, r) = (input.count, layer.out_features, layer.rank());
+        let (rows, m, r) = (input.rows(), layer.out_features, layer.rank());
         let store = &self.model.store;
         let plain = !epilogue.gelu && !epilogue.accumulate;
         let (row_ptr, col_idx, values) = (store.u32s(&s.row_ptr), store.indices(&s.col_idx), store.weights(&s.values));
@@ -124,7 +106,7 @@ impl LinearCtx<'_> {
             self.scratch,
             Gemm { m: rows, a: &low_rank[..rows * r], lda: r, b: ub, c: y, ldc: m, epilogue: ep },
         );
-        kernels::sparse_add(self.backend, rows, row_ptr, col_idx, values, input.data, input.stride, y, m, xt);
+        kernels::sparse_add(self.backend, Csr { row_ptr, col_idx, values }, input, RowsMut::new(y, rows, m, m), xt);
         if !plain {
             let y = &mut lin_out[..rows * m];
             if epilogue.gelu {
