@@ -288,7 +288,6 @@ fn gelu64(x: f64) -> f64 {
 
 /// One GEMM on exact-size operands with every epilogue; checks values against an f64
 /// reference and the padding of C against its initial bits.
-#[allow(clippy::too_many_arguments)]
 fn check_gemm(
     backend: Backend,
     rng: &mut Rng,
