@@ -47,9 +47,9 @@ fi
 # Exhaustive loops over safe arithmetic (together two minutes under Miri, nothing unsafe
 # inside; the native run covers them).
 SKIP=(
-  checksum::tests::sliced_equals_bitwise_for_every_length_and_split
-  checksum::tests::every_single_bit_flip_changes_the_crc
-  session::tests::query_split_covers_rows_without_single_row_items
+  format::checksum::tests::sliced_equals_bitwise_for_every_length_and_split
+  format::checksum::tests::every_single_bit_flip_changes_the_crc
+  session::attention::tests::query_split_covers_rows_without_single_row_items
   kernels::scalar::tests::exp_is_accurate
 )
 skip_args=()
