@@ -20,6 +20,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use factorvit::format::schema;
 use factorvit::safetensors::DType;
 use factorvit::ModelConfig;
 
@@ -64,12 +65,8 @@ pub struct BudgetBase {
 /// The block linears of `config`, `(name, m, n)`: the config's shapes (every block's `qkv`,
 /// `proj`, `fc1`, `fc2`), whatever the source stores.
 fn block_linears(config: &ModelConfig) -> Vec<(String, usize, usize)> {
-    checkpoint::linear_layers(config).into_iter().filter(|(name, _, _)| name.starts_with("blocks.")).collect()
+    schema::block_linear_layers(config).into_iter().map(|l| (l.name, l.out_features, l.in_features)).collect()
 }
-
-/// Suffixes of the tensors that store a linear's weight: dense, factors, sparse term (not the
-/// bias).
-const WEIGHT_SUFFIXES: [&str; 6] = ["weight", "u", "v", "sparse.row_ptr", "sparse.col_idx", "sparse.values"];
 
 impl BudgetBase {
     /// Counts of `spec` (loaded as `model`) when stored as `dtype`.
@@ -81,7 +78,7 @@ impl BudgetBase {
                 tensor
                     .strip_prefix(layer.as_str())
                     .and_then(|t| t.strip_prefix('.'))
-                    .is_some_and(|suffix| WEIGHT_SUFFIXES.contains(&suffix))
+                    .is_some_and(|suffix| schema::suffix::WEIGHT_TENSORS.contains(&suffix))
             })
         };
         let other_bytes = spec

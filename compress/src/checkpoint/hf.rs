@@ -7,6 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use factorvit::format::schema::{
+    BlockLinear, BlockTensors, LinearTensors, NormTensors, CLS_TOKEN, DIST_TOKEN, FINAL_NORM, HEAD, HEAD_DIST,
+    PATCH_EMBED, POS_EMBED,
+};
 use factorvit::{GlobalPool, Head, ModelConfig, PosInterpolation};
 use serde_json::Value;
 
@@ -164,13 +168,14 @@ pub(crate) fn import(
         .find(|p| m.has(&format!("{p}embeddings.patch_embeddings.projection.weight")))
         .unwrap_or(if top == Top::None { "" } else { base_prefix });
     let e = |s: &str| format!("{prefix}embeddings.{s}");
-    m.require(&e("patch_embeddings.projection.weight"), "patch_embed.weight")?;
-    m.require(&e("patch_embeddings.projection.bias"), "patch_embed.bias")?;
-    m.require(&e("cls_token"), "cls_token")?;
+    let patch_embed = LinearTensors::of(PATCH_EMBED);
+    m.require(&e("patch_embeddings.projection.weight"), &patch_embed.weight)?;
+    m.require(&e("patch_embeddings.projection.bias"), &patch_embed.bias)?;
+    m.require(&e("cls_token"), CLS_TOKEN)?;
     if family == Family::Deit {
-        m.require(&e("distillation_token"), "dist_token")?;
+        m.require(&e("distillation_token"), DIST_TOKEN)?;
     }
-    m.require(&e("position_embeddings"), "pos_embed")?;
+    m.require(&e("position_embeddings"), POS_EMBED)?;
     m.discard(&e("mask_token"));
     let layer_prefix = format!("{prefix}encoder.layer.");
     let mut indices = BTreeSet::new();
@@ -185,35 +190,39 @@ pub(crate) fn import(
     }
     for i in indices {
         let src = |s: &str| format!("{layer_prefix}{i}.{s}");
-        let dst = |s: &str| format!("blocks.{i}.{s}");
+        let dst = BlockTensors::of(i);
+        let linear = |which| LinearTensors::of(&dst.linear(which));
+        let (qkv, proj) = (linear(BlockLinear::Qkv), linear(BlockLinear::Proj));
+        let (fc1_dst, fc2_dst) = (linear(BlockLinear::Fc1), linear(BlockLinear::Fc2));
         let (n1, n2, fc1, fc2) = match family {
             Family::Dinov2 => ("norm1", "norm2", "mlp.fc1", "mlp.fc2"),
             _ => ("layernorm_before", "layernorm_after", "intermediate.dense", "output.dense"),
         };
-        for p in ["weight", "bias"] {
-            m.map(&src(&format!("{n1}.{p}")), &dst(&format!("norm1.{p}")))?;
-            let qkv = ["query", "key", "value"].map(|t| src(&format!("attention.attention.{t}.{p}")));
-            m.fuse_rows([&qkv[0], &qkv[1], &qkv[2]], &dst(&format!("attn.qkv.{p}")))?;
-            m.map(&src(&format!("attention.output.dense.{p}")), &dst(&format!("attn.proj.{p}")))?;
-            m.map(&src(&format!("{n2}.{p}")), &dst(&format!("norm2.{p}")))?;
-            m.map(&src(&format!("{fc1}.{p}")), &dst(&format!("mlp.fc1.{p}")))?;
-            m.map(&src(&format!("{fc2}.{p}")), &dst(&format!("mlp.fc2.{p}")))?;
+        for (k, p) in ["weight", "bias"].into_iter().enumerate() {
+            m.map(&src(&format!("{n1}.{p}")), dst.norm1.weight_and_bias()[k])?;
+            let qkv_src = ["query", "key", "value"].map(|t| src(&format!("attention.attention.{t}.{p}")));
+            m.fuse_rows([&qkv_src[0], &qkv_src[1], &qkv_src[2]], qkv.dense()[k])?;
+            m.map(&src(&format!("attention.output.dense.{p}")), proj.dense()[k])?;
+            m.map(&src(&format!("{n2}.{p}")), dst.norm2.weight_and_bias()[k])?;
+            m.map(&src(&format!("{fc1}.{p}")), fc1_dst.dense()[k])?;
+            m.map(&src(&format!("{fc2}.{p}")), fc2_dst.dense()[k])?;
         }
         if family == Family::Dinov2 {
-            m.map(&src("layer_scale1.lambda1"), &dst("ls1"))?;
-            m.map(&src("layer_scale2.lambda1"), &dst("ls2"))?;
+            m.map(&src("layer_scale1.lambda1"), &dst.ls1)?;
+            m.map(&src("layer_scale2.lambda1"), &dst.ls2)?;
         }
     }
-    for p in ["weight", "bias"] {
-        m.map(&format!("{prefix}layernorm.{p}"), &format!("norm.{p}"))?;
+    let (norm, head, head_dist) = (NormTensors::of(FINAL_NORM), LinearTensors::of(HEAD), LinearTensors::of(HEAD_DIST));
+    for (k, p) in ["weight", "bias"].into_iter().enumerate() {
+        m.map(&format!("{prefix}layernorm.{p}"), norm.weight_and_bias()[k])?;
         match top {
             Top::None => {}
             Top::Classifier => {
-                m.map(&format!("classifier.{p}"), &format!("head.{p}"))?;
+                m.map(&format!("classifier.{p}"), head.dense()[k])?;
             }
             Top::Teacher => {
-                m.map(&format!("cls_classifier.{p}"), &format!("head.{p}"))?;
-                m.map(&format!("distillation_classifier.{p}"), &format!("head_dist.{p}"))?;
+                m.map(&format!("cls_classifier.{p}"), head.dense()[k])?;
+                m.map(&format!("distillation_classifier.{p}"), head_dist.dense()[k])?;
             }
         }
     }

@@ -6,6 +6,10 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 
+use factorvit::format::schema::{
+    self, BlockLinear, BlockTensors, LinearTensors, NormTensors, CLS_TOKEN, DIST_TOKEN, FC_NORM, FINAL_NORM, HEAD,
+    HEAD_DIST, PATCH_EMBED, POS_EMBED,
+};
 use factorvit::safetensors::DType;
 
 use super::files::SourceTensor;
@@ -144,6 +148,14 @@ impl Mapper {
         self.out.get(dst).map(|t| t.shape.as_slice())
     }
 
+    /// Shape of a canonical tensor already mapped; its absence is a missing source tensor.
+    fn required_shape(&self, dst: &str) -> Result<&[usize], CheckpointError> {
+        self.shape(dst).ok_or_else(|| {
+            let (tensor, _) = self.source_of(dst);
+            CheckpointError::MissingTensor { tensor, dir: self.dir.clone() }
+        })
+    }
+
     /// The error for canonical tensor `dst` having `found` instead of `expected`.
     pub fn shape_error(&self, dst: &str, found: &[usize], expected: Vec<usize>) -> CheckpointError {
         let (tensor, file) = self.source_of(dst);
@@ -219,28 +231,22 @@ impl Geometry {
     /// Reads the geometry from canonical tensors; `block_src` names the source block prefix in
     /// messages (e.g. `blocks.{i}` or `vit.encoder.layer.{i}`).
     pub fn read(m: &Mapper, block_src: &dyn Fn(usize) -> String) -> Result<Geometry, CheckpointError> {
-        let pe = m.shape("patch_embed.weight").ok_or_else(|| {
-            let (tensor, _) = m.source_of("patch_embed.weight");
-            CheckpointError::MissingTensor { tensor, dir: m.dir.clone() }
-        })?;
+        let patch_embed = LinearTensors::of(PATCH_EMBED).weight;
+        let pe = m.required_shape(&patch_embed)?;
         let (embed_dim, in_chans, patch_size) = match *pe {
             [d, c, p, q] if p == q && d > 0 && c > 0 && p > 0 => (d, c, p),
-            _ => return Err(m.shape_error("patch_embed.weight", pe, vec![0, 0, 0, 0])),
+            _ => return Err(m.shape_error(&patch_embed, pe, vec![0, 0, 0, 0])),
         };
         let d = embed_dim;
-        let pos = m.shape("pos_embed").ok_or_else(|| {
-            let (tensor, _) = m.source_of("pos_embed");
-            CheckpointError::MissingTensor { tensor, dir: m.dir.clone() }
-        })?;
+        let pos = m.required_shape(POS_EMBED)?;
         let pos_rows = match *pos {
             [1, rows, dd] if dd == d => rows,
-            _ => return Err(m.shape_error("pos_embed", pos, vec![1, 0, d])),
+            _ => return Err(m.shape_error(POS_EMBED, pos, vec![1, 0, d])),
         };
         // Blocks: indices must run 0..depth without gaps.
         let mut seen = std::collections::BTreeSet::new();
         for name in m.out.keys() {
-            if let Some(rest) = name.strip_prefix("blocks.") {
-                let idx = rest.split('.').next().unwrap_or("");
+            if let Some((idx, _)) = schema::split_block_name(name) {
                 let i: usize = idx.parse().map_err(|_| CheckpointError::Contradiction {
                     what: format!("cannot parse the block index of `{name}`"),
                 })?;
@@ -267,17 +273,16 @@ impl Geometry {
                 dir: m.dir.clone(),
             });
         }
-        let fc1 = m.shape("blocks.0.mlp.fc1.weight").ok_or_else(|| {
-            let (tensor, _) = m.source_of("blocks.0.mlp.fc1.weight");
-            CheckpointError::MissingTensor { tensor, dir: m.dir.clone() }
-        })?;
+        let fc1_weight = LinearTensors::of(&BlockLinear::Fc1.name(0)).weight;
+        let fc1 = m.required_shape(&fc1_weight)?;
         let mlp_hidden = match *fc1 {
             [rows, cols] if cols == d && rows > 0 => rows,
-            _ => return Err(m.shape_error("blocks.0.mlp.fc1.weight", fc1, vec![0, d])),
+            _ => return Err(m.shape_error(&fc1_weight, fc1, vec![0, d])),
         };
-        let qkv_bias = m.out.contains_key("blocks.0.attn.qkv.bias");
+        let qkv_bias_of = |i: usize| LinearTensors::of(&BlockLinear::Qkv.name(i)).bias;
+        let qkv_bias = m.out.contains_key(&qkv_bias_of(0));
         for i in 1..depth {
-            if m.out.contains_key(&format!("blocks.{i}.attn.qkv.bias")) != qkv_bias {
+            if m.out.contains_key(&qkv_bias_of(i)) != qkv_bias {
                 return Err(CheckpointError::Contradiction {
                     what: format!(
                         "block 0 {} a qkv bias but block {i} {}",
@@ -287,10 +292,11 @@ impl Geometry {
                 });
             }
         }
-        let head_classes = match m.shape("head.weight") {
+        let head_weight = LinearTensors::of(HEAD).weight;
+        let head_classes = match m.shape(&head_weight) {
             None => None,
             Some(&[k, dd]) if dd == d => Some(k),
-            Some(s) => return Err(m.shape_error("head.weight", s, vec![0, d])),
+            Some(s) => return Err(m.shape_error(&head_weight, s, vec![0, d])),
         };
         Ok(Geometry {
             embed_dim,
@@ -298,15 +304,15 @@ impl Geometry {
             patch_size,
             depth,
             mlp_hidden,
-            class_token: m.out.contains_key("cls_token"),
-            dist_token: m.out.contains_key("dist_token"),
+            class_token: m.out.contains_key(CLS_TOKEN),
+            dist_token: m.out.contains_key(DIST_TOKEN),
             pos_rows,
-            layer_scale: m.out.contains_key("blocks.0.ls1"),
+            layer_scale: m.out.contains_key(&BlockTensors::of(0).ls1),
             qkv_bias,
-            norm: m.out.contains_key("norm.weight"),
-            fc_norm: m.out.contains_key("fc_norm.weight"),
+            norm: m.out.contains_key(&NormTensors::of(FINAL_NORM).weight),
+            fc_norm: m.out.contains_key(&NormTensors::of(FC_NORM).weight),
             head_classes,
-            head_dist: m.out.contains_key("head_dist.weight"),
+            head_dist: m.out.contains_key(&LinearTensors::of(HEAD_DIST).weight),
         })
     }
 

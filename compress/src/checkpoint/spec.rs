@@ -315,10 +315,10 @@ impl ModelSpec {
                         LayerKind::LowRankSparse { rank, nnz }
                     }
                     _ => {
-                        return Err(bad(
-                            "a sparse term needs all of `sparse.row_ptr`, `sparse.col_idx` and `sparse.values`"
-                                .to_string(),
-                        ))
+                        use schema::suffix::{SPARSE_COL_IDX, SPARSE_ROW_PTR, SPARSE_VALUES};
+                        return Err(bad(format!(
+                            "a sparse term needs all of `{SPARSE_ROW_PTR}`, `{SPARSE_COL_IDX}` and `{SPARSE_VALUES}`"
+                        )));
                     }
                 }
             }

@@ -10,6 +10,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use factorvit::format::schema::{
+    BlockLinear, BlockTensors, LinearTensors, NormTensors, CLS_TOKEN, DIST_TOKEN, FC_NORM, FINAL_NORM, HEAD, HEAD_DIST,
+    PATCH_EMBED, POS_EMBED,
+};
 use factorvit::{GlobalPool, Head, ModelConfig, PosInterpolation};
 use serde_json::Value;
 
@@ -200,14 +204,17 @@ fn leftover_hint(name: &str) -> Option<&'static str> {
     HINTS.iter().find(|(pat, _)| name.contains(pat)).map(|(_, h)| *h)
 }
 
-/// Moves timm tensors to canonical names.
+/// Moves timm tensors to canonical names. timm's names are spelled here (they are timm's
+/// vocabulary, even where they coincide with the format's); the canonical ones come from the
+/// schema.
 fn map_tensors(m: &mut Mapper) -> Result<(), CheckpointError> {
-    m.require("patch_embed.proj.weight", "patch_embed.weight")?;
-    m.require("patch_embed.proj.bias", "patch_embed.bias")?;
-    for t in ["cls_token", "dist_token"] {
-        m.map(t, t)?;
+    let patch_embed = LinearTensors::of(PATCH_EMBED);
+    m.require("patch_embed.proj.weight", &patch_embed.weight)?;
+    m.require("patch_embed.proj.bias", &patch_embed.bias)?;
+    for (src, dst) in [("cls_token", CLS_TOKEN), ("dist_token", DIST_TOKEN)] {
+        m.map(src, dst)?;
     }
-    m.require("pos_embed", "pos_embed")?;
+    m.require("pos_embed", POS_EMBED)?;
     let mut blocks = BTreeSet::new();
     for name in m.remaining() {
         if let Some(idx) = name.strip_prefix("blocks.").and_then(|r| r.split('.').next()) {
@@ -219,21 +226,37 @@ fn map_tensors(m: &mut Mapper) -> Result<(), CheckpointError> {
         }
     }
     for i in blocks {
-        let b = format!("blocks.{i}");
-        for part in ["norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"] {
-            for p in ["weight", "bias"] {
-                let name = format!("{b}.{part}.{p}");
-                m.map(&name, &name)?;
-            }
+        let src = format!("blocks.{i}");
+        let dst = BlockTensors::of(i);
+        let linear = |which| LinearTensors::of(&dst.linear(which));
+        let (qkv, proj) = (linear(BlockLinear::Qkv), linear(BlockLinear::Proj));
+        let (fc1, fc2) = (linear(BlockLinear::Fc1), linear(BlockLinear::Fc2));
+        let parts = [
+            ("norm1", dst.norm1.weight_and_bias()),
+            ("attn.qkv", qkv.dense()),
+            ("attn.proj", proj.dense()),
+            ("norm2", dst.norm2.weight_and_bias()),
+            ("mlp.fc1", fc1.dense()),
+            ("mlp.fc2", fc2.dense()),
+        ];
+        for (part, [weight, bias]) in parts {
+            m.map(&format!("{src}.{part}.weight"), weight)?;
+            m.map(&format!("{src}.{part}.bias"), bias)?;
         }
-        m.map(&format!("{b}.ls1.gamma"), &format!("{b}.ls1"))?;
-        m.map(&format!("{b}.ls2.gamma"), &format!("{b}.ls2"))?;
+        m.map(&format!("{src}.ls1.gamma"), &dst.ls1)?;
+        m.map(&format!("{src}.ls2.gamma"), &dst.ls2)?;
     }
-    for part in ["norm", "fc_norm", "head", "head_dist"] {
-        for p in ["weight", "bias"] {
-            let name = format!("{part}.{p}");
-            m.map(&name, &name)?;
-        }
+    let (norm, fc_norm) = (NormTensors::of(FINAL_NORM), NormTensors::of(FC_NORM));
+    let (head, head_dist) = (LinearTensors::of(HEAD), LinearTensors::of(HEAD_DIST));
+    let tops = [
+        ("norm", norm.weight_and_bias()),
+        ("fc_norm", fc_norm.weight_and_bias()),
+        ("head", head.dense()),
+        ("head_dist", head_dist.dense()),
+    ];
+    for (part, [weight, bias]) in tops {
+        m.map(&format!("{part}.weight"), weight)?;
+        m.map(&format!("{part}.bias"), bias)?;
     }
     m.finish(leftover_hint)
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use factorvit::format::schema;
 use factorvit_compress::report::units::{human_bytes, thousands};
 
 use super::model::open_model;
@@ -42,7 +43,7 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
         "layer", "kind", "shape", "rank", "nnz", "dtype", "params", "bytes"
     ));
     let (mut dense, mut params, mut bytes) = (0usize, 0usize, 0usize);
-    for l in model.linears().chain(model.linear("patch_embed")) {
+    for l in model.linears().chain(model.linear(schema::PATCH_EMBED)) {
         let i = l.info();
         dense += i.out_features * i.in_features;
         params += i.params;

@@ -1,5 +1,6 @@
 //! Writing compression results into a [`ModelSpec`] (then [`crate::writer`] makes the file).
 
+use factorvit::format::schema::{BlockLinear, LinearTensors};
 use factorvit::safetensors::DType;
 
 use super::linalg;
@@ -14,30 +15,29 @@ pub fn apply_to_spec(spec: &mut ModelSpec, compressed: &Compressed, dtype: DType
         let Some(replacement) = &layer.replacement else { continue };
         let (approx, bias) = (&replacement.approx, &replacement.bias);
         let (m, r, n) = (approx.u.nrows(), approx.rank(), approx.v.ncols());
-        spec.tensors.remove(&format!("{}.weight", layer.name));
+        let names = LinearTensors::of(&layer.name);
+        spec.tensors.remove(&names.weight);
         let u = linalg::to_row_major(approx.u.as_ref());
         let v = linalg::to_row_major(approx.v.as_ref());
-        spec.tensors.insert(format!("{}.u", layer.name), StoredTensor::from_f32_as(dtype, vec![m, r], &u)?);
-        spec.tensors.insert(format!("{}.v", layer.name), StoredTensor::from_f32_as(dtype, vec![r, n], &v)?);
+        spec.tensors.insert(names.u.clone(), StoredTensor::from_f32_as(dtype, vec![m, r], &u)?);
+        spec.tensors.insert(names.v.clone(), StoredTensor::from_f32_as(dtype, vec![r, n], &v)?);
         let b: Vec<f32> = bias.iter().map(|&x| x as f32).collect();
-        spec.tensors.insert(format!("{}.bias", layer.name), StoredTensor::from_f32_as(dtype, vec![m], &b)?);
-        for suffix in ["row_ptr", "col_idx", "values"] {
-            spec.tensors.remove(&format!("{}.sparse.{suffix}", layer.name));
+        spec.tensors.insert(names.bias.clone(), StoredTensor::from_f32_as(dtype, vec![m], &b)?);
+        for sparse_tensor in names.sparse() {
+            spec.tensors.remove(sparse_tensor);
         }
         if let Some(s) = &approx.sparse {
             let nnz = s.values.len();
-            spec.tensors
-                .insert(format!("{}.sparse.row_ptr", layer.name), StoredTensor::from_u32(vec![m + 1], &s.row_ptr)?);
+            spec.tensors.insert(names.sparse_row_ptr, StoredTensor::from_u32(vec![m + 1], &s.row_ptr)?);
             let col = if n <= 1 << 16 {
                 let c16: Vec<u16> = s.col_idx.iter().map(|&c| c as u16).collect();
                 StoredTensor::from_u16(vec![nnz], &c16)?
             } else {
                 StoredTensor::from_u32(vec![nnz], &s.col_idx)?
             };
-            spec.tensors.insert(format!("{}.sparse.col_idx", layer.name), col);
+            spec.tensors.insert(names.sparse_col_idx, col);
             let vals: Vec<f32> = s.values.iter().map(|&x| x as f32).collect();
-            spec.tensors
-                .insert(format!("{}.sparse.values", layer.name), StoredTensor::from_f32_as(dtype, vec![nnz], &vals)?);
+            spec.tensors.insert(names.sparse_values, StoredTensor::from_f32_as(dtype, vec![nnz], &vals)?);
         }
     }
     Ok(())
@@ -45,8 +45,6 @@ pub fn apply_to_spec(spec: &mut ModelSpec, compressed: &Compressed, dtype: DType
 
 /// The dtype of a spec's block weights (F32 when unknown).
 pub fn block_dtype(spec: &ModelSpec) -> DType {
-    spec.tensors
-        .get("blocks.0.mlp.fc1.weight")
-        .or_else(|| spec.tensors.get("blocks.0.mlp.fc1.u"))
-        .map_or(DType::F32, |t| t.dtype)
+    let fc1 = LinearTensors::of(&BlockLinear::Fc1.name(0));
+    spec.tensors.get(&fc1.weight).or_else(|| spec.tensors.get(&fc1.u)).map_or(DType::F32, |t| t.dtype)
 }

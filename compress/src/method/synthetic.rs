@@ -4,6 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use factorvit::format::schema::{
+    BlockLinear, BlockTensors, LinearTensors, NormTensors, CLS_TOKEN, FINAL_NORM, HEAD, PATCH_EMBED, POS_EMBED,
+};
 use factorvit::{GlobalPool, Head, Interpolation, ModelConfig, PosInterpolation, Preprocess};
 
 use crate::checkpoint::{ModelSpec, SpecError, StoredTensor};
@@ -55,39 +58,6 @@ pub fn random_vit_spec(g: &SyntheticVit, seed: u64) -> Result<ModelSpec, SpecErr
     let grid = g.image / g.patch;
     let d = g.dim;
     let pe_in = g.channels * g.patch * g.patch;
-    let normal = |scale: f64, rng: &mut Rng| rng.normal() * scale;
-    put("patch_embed.weight", vec![d, g.channels, g.patch, g.patch], &mut || {
-        normal(1.0 / (pe_in as f64).sqrt(), &mut rng)
-    })?;
-    let mut r2 = Rng::scrambled(seed ^ 1);
-    put("patch_embed.bias", vec![d], &mut || 0.02 * r2.normal())?;
-    put("cls_token", vec![1, 1, d], &mut || 0.5 * r2.normal())?;
-    put("pos_embed", vec![1, 1 + grid * grid, d], &mut || 0.5 * r2.normal())?;
-    for i in 0..g.depth {
-        let p = |s: &str| format!("blocks.{i}.{s}");
-        for nm in ["norm1", "norm2"] {
-            put(&p(&format!("{nm}.weight")), vec![d], &mut || 1.0 + 0.1 * r2.normal())?;
-            put(&p(&format!("{nm}.bias")), vec![d], &mut || 0.05 * r2.normal())?;
-        }
-        for (name, m, n) in [("attn.qkv", 3 * d, d), ("attn.proj", d, d), ("mlp.fc1", g.mlp, d), ("mlp.fc2", d, g.mlp)]
-        {
-            let s = 1.0 / (n as f64).sqrt();
-            // A decaying spectrum (as trained weights have): scale column j by 0.97^(j mod 64)-ish.
-            let mut k = 0usize;
-            put(&p(&format!("{name}.weight")), vec![m, n], &mut || {
-                let col = k % n;
-                k += 1;
-                r2.normal() * s * (1.0 + 2.0 * (-(col as f64) / 8.0).exp())
-            })?;
-            put(&p(&format!("{name}.bias")), vec![m], &mut || 0.02 * r2.normal())?;
-        }
-    }
-    put("norm.weight", vec![d], &mut || 1.0 + 0.1 * r2.normal())?;
-    put("norm.bias", vec![d], &mut || 0.05 * r2.normal())?;
-    if g.classes > 0 {
-        put("head.weight", vec![g.classes, d], &mut || r2.normal() / (d as f64).sqrt())?;
-        put("head.bias", vec![g.classes], &mut || 0.02 * r2.normal())?;
-    }
     let config = ModelConfig {
         architecture: format!("synthetic_vit_d{}_l{}", g.dim, g.depth),
         image_size: [g.image, g.image],
@@ -110,6 +80,43 @@ pub fn random_vit_spec(g: &SyntheticVit, seed: u64) -> Result<ModelSpec, SpecErr
         head: if g.classes > 0 { Head::Linear } else { Head::None },
         num_classes: g.classes,
     };
+    let normal = |scale: f64, rng: &mut Rng| rng.normal() * scale;
+    let patch_embed = LinearTensors::of(PATCH_EMBED);
+    put(&patch_embed.weight, vec![d, g.channels, g.patch, g.patch], &mut || {
+        normal(1.0 / (pe_in as f64).sqrt(), &mut rng)
+    })?;
+    let mut r2 = Rng::scrambled(seed ^ 1);
+    put(&patch_embed.bias, vec![d], &mut || 0.02 * r2.normal())?;
+    put(CLS_TOKEN, vec![1, 1, d], &mut || 0.5 * r2.normal())?;
+    put(POS_EMBED, vec![1, 1 + grid * grid, d], &mut || 0.5 * r2.normal())?;
+    for i in 0..g.depth {
+        let block = BlockTensors::of(i);
+        for norm in [&block.norm1, &block.norm2] {
+            put(&norm.weight, vec![d], &mut || 1.0 + 0.1 * r2.normal())?;
+            put(&norm.bias, vec![d], &mut || 0.05 * r2.normal())?;
+        }
+        for which in BlockLinear::ALL {
+            let (m, n) = which.shape(&config);
+            let linear = LinearTensors::of(&block.linear(which));
+            let s = 1.0 / (n as f64).sqrt();
+            // A decaying spectrum (as trained weights have): scale column j by 0.97^(j mod 64)-ish.
+            let mut k = 0usize;
+            put(&linear.weight, vec![m, n], &mut || {
+                let col = k % n;
+                k += 1;
+                r2.normal() * s * (1.0 + 2.0 * (-(col as f64) / 8.0).exp())
+            })?;
+            put(&linear.bias, vec![m], &mut || 0.02 * r2.normal())?;
+        }
+    }
+    let final_norm = NormTensors::of(FINAL_NORM);
+    put(&final_norm.weight, vec![d], &mut || 1.0 + 0.1 * r2.normal())?;
+    put(&final_norm.bias, vec![d], &mut || 0.05 * r2.normal())?;
+    if g.classes > 0 {
+        let head = LinearTensors::of(HEAD);
+        put(&head.weight, vec![g.classes, d], &mut || r2.normal() / (d as f64).sqrt())?;
+        put(&head.bias, vec![g.classes], &mut || 0.02 * r2.normal())?;
+    }
     let preprocess = Preprocess {
         input_size: [g.channels, g.image, g.image],
         mean: vec![0.5; g.channels],

@@ -10,8 +10,10 @@
 //! * the rest are fixed names: [`PATCH_EMBED`], [`CLS_TOKEN`], [`DIST_TOKEN`], [`POS_EMBED`],
 //!   [`FINAL_NORM`], [`FC_NORM`], [`HEAD`], [`HEAD_DIST`].
 //!
-//! [`linear_layers`] and [`fixed_tensors`] list what a [`ModelConfig`] requires;
-//! [`model_order_key`] is the order the writer stores tensors in.
+//! [`linear_layers`] (and its block part [`block_linear_layers`]) and [`fixed_tensors`] list
+//! what a [`ModelConfig`] requires; [`model_order_key`] is the order the writer stores tensors
+//! in. [`suffix`] spells the parts after `L.`, [`split_block_name`] and [`parse_block_linear`]
+//! read block names back.
 //!
 //! ```
 //! use factorvit::format::schema::{BlockLinear, BlockTensors, LinearTensors};
@@ -96,17 +98,45 @@ pub fn block_prefix(block: usize) -> String {
     format!("blocks.{block}")
 }
 
+/// Splits a name under `blocks.` into the text of its block index and the rest after the
+/// next `.` (`"blocks.3.norm1.weight"` gives `("3", "norm1.weight")`, `"blocks.x"` gives
+/// `("x", "")`); `None` for names outside the blocks. The index text is not checked.
+pub fn split_block_name(name: &str) -> Option<(&str, &str)> {
+    let rest = name.strip_prefix("blocks.")?;
+    Some(rest.split_once('.').unwrap_or((rest, "")))
+}
+
 /// Splits `blocks.{i}.{suffix}` into the block index and which linear it is (`None` for
 /// other names and for `i ≥ depth`).
 pub fn parse_block_linear(name: &str, depth: usize) -> Option<(usize, BlockLinear)> {
-    let rest = name.strip_prefix("blocks.")?;
-    let (idx, suffix) = rest.split_once('.')?;
+    let (idx, suffix) = split_block_name(name)?;
     let i: usize = idx.parse().ok()?;
     if i >= depth {
         return None;
     }
     let which = BlockLinear::ALL.into_iter().find(|w| w.suffix() == suffix)?;
     Some((i, which))
+}
+
+/// The suffixes (after `L.`) of the tensors a linear layer `L` may store.
+pub mod suffix {
+    /// `L.weight`: the dense weight.
+    pub const WEIGHT: &str = "weight";
+    /// `L.bias`.
+    pub const BIAS: &str = "bias";
+    /// `L.u`: the left factor.
+    pub const U: &str = "u";
+    /// `L.v`: the right factor.
+    pub const V: &str = "v";
+    /// `L.sparse.row_ptr`: CSR row pointers of the sparse term.
+    pub const SPARSE_ROW_PTR: &str = "sparse.row_ptr";
+    /// `L.sparse.col_idx`: CSR column indices of the sparse term.
+    pub const SPARSE_COL_IDX: &str = "sparse.col_idx";
+    /// `L.sparse.values`: CSR values of the sparse term.
+    pub const SPARSE_VALUES: &str = "sparse.values";
+    /// The tensors that store a linear layer's weight in any kind (dense, factors, sparse
+    /// term), i.e. every suffix but [`BIAS`].
+    pub const WEIGHT_TENSORS: [&str; 6] = [WEIGHT, U, V, SPARSE_ROW_PTR, SPARSE_COL_IDX, SPARSE_VALUES];
 }
 
 /// The names of every tensor a linear layer may store. A layer stores `weight` (dense) or
@@ -132,15 +162,21 @@ pub struct LinearTensors {
 impl LinearTensors {
     /// The tensor names of linear layer `layer` (e.g. `blocks.0.attn.qkv`, `head`).
     pub fn of(layer: &str) -> LinearTensors {
+        use suffix::*;
         LinearTensors {
-            weight: format!("{layer}.weight"),
-            bias: format!("{layer}.bias"),
-            u: format!("{layer}.u"),
-            v: format!("{layer}.v"),
-            sparse_row_ptr: format!("{layer}.sparse.row_ptr"),
-            sparse_col_idx: format!("{layer}.sparse.col_idx"),
-            sparse_values: format!("{layer}.sparse.values"),
+            weight: format!("{layer}.{WEIGHT}"),
+            bias: format!("{layer}.{BIAS}"),
+            u: format!("{layer}.{U}"),
+            v: format!("{layer}.{V}"),
+            sparse_row_ptr: format!("{layer}.{SPARSE_ROW_PTR}"),
+            sparse_col_idx: format!("{layer}.{SPARSE_COL_IDX}"),
+            sparse_values: format!("{layer}.{SPARSE_VALUES}"),
         }
+    }
+
+    /// The tensors of a dense layer: `[weight, bias]`.
+    pub fn dense(&self) -> [&str; 2] {
+        [&self.weight, &self.bias]
     }
 
     /// The three tensors of the sparse term: `[row_ptr, col_idx, values]`.
@@ -161,7 +197,12 @@ pub struct NormTensors {
 impl NormTensors {
     /// The tensor names of LayerNorm `norm` (e.g. `blocks.0.norm1`, [`FINAL_NORM`]).
     pub fn of(norm: &str) -> NormTensors {
-        NormTensors { weight: format!("{norm}.weight"), bias: format!("{norm}.bias") }
+        NormTensors { weight: format!("{norm}.{}", suffix::WEIGHT), bias: format!("{norm}.{}", suffix::BIAS) }
+    }
+
+    /// Both tensors: `[weight, bias]`.
+    pub fn weight_and_bias(&self) -> [&str; 2] {
+        [&self.weight, &self.bias]
     }
 }
 
@@ -210,15 +251,28 @@ pub struct LinearLayer {
     pub in_features: usize,
 }
 
-/// Every linear layer of `config` in model order: the block linears, then [`HEAD`] and
-/// [`HEAD_DIST`] when present (the patch embedding is a fixed tensor, see [`fixed_tensors`]).
-pub fn linear_layers(config: &ModelConfig) -> Vec<LinearLayer> {
-    let layer =
-        |name: String, (out_features, in_features): (usize, usize)| LinearLayer { name, out_features, in_features };
+impl LinearLayer {
+    fn new(name: String, (out_features, in_features): (usize, usize)) -> LinearLayer {
+        LinearLayer { name, out_features, in_features }
+    }
+}
+
+/// The linear layers of every block of `config` in model order: block 0's
+/// [`BlockLinear::ALL`], then block 1's, ...
+pub fn block_linear_layers(config: &ModelConfig) -> Vec<LinearLayer> {
     let mut out = Vec::with_capacity(config.depth.saturating_mul(4).saturating_add(2));
     for i in 0..config.depth {
-        out.extend(BlockLinear::ALL.map(|w| layer(w.name(i), w.shape(config))));
+        out.extend(BlockLinear::ALL.map(|w| LinearLayer::new(w.name(i), w.shape(config))));
     }
+    out
+}
+
+/// Every linear layer of `config` in model order: the block linears
+/// ([`block_linear_layers`]), then [`HEAD`] and [`HEAD_DIST`] when present (the patch
+/// embedding is a fixed tensor, see [`fixed_tensors`]).
+pub fn linear_layers(config: &ModelConfig) -> Vec<LinearLayer> {
+    let layer = LinearLayer::new;
+    let mut out = block_linear_layers(config);
     let head = (config.num_classes, config.embed_dim);
     match config.head {
         Head::None => {}
@@ -273,8 +327,7 @@ pub fn fixed_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 pub fn model_order_key(name: &str) -> (u8, usize, u8, &str) {
     const BLOCK_PARTS: [&str; 8] =
         ["norm1.", "attn.qkv.", "attn.proj.", "ls1", "norm2.", "mlp.fc1.", "mlp.fc2.", "ls2"];
-    if let Some(rest) = name.strip_prefix("blocks.") {
-        let (idx, tail) = rest.split_once('.').unwrap_or((rest, ""));
+    if let Some((idx, tail)) = split_block_name(name) {
         if let Ok(i) = idx.parse::<usize>() {
             let part = BLOCK_PARTS.iter().position(|p| tail.starts_with(p)).unwrap_or(BLOCK_PARTS.len());
             return (1, i, part as u8, name);
@@ -302,6 +355,25 @@ mod tests {
         }
         assert_eq!(parse_block_linear("blocks.3.mlp.fc1", 3), None);
         assert_eq!(parse_block_linear(HEAD, 3), None);
+    }
+
+    #[test]
+    fn suffixes_spell_the_linear_tensors() {
+        let t = LinearTensors::of(HEAD);
+        let weights = suffix::WEIGHT_TENSORS.map(|s| format!("{HEAD}.{s}"));
+        assert_eq!(
+            weights,
+            [&t.weight, &t.u, &t.v, &t.sparse_row_ptr, &t.sparse_col_idx, &t.sparse_values].map(String::clone)
+        );
+        assert_eq!(t.dense(), ["head.weight", "head.bias"]);
+        assert_eq!(NormTensors::of(FINAL_NORM).weight_and_bias(), ["norm.weight", "norm.bias"]);
+    }
+
+    #[test]
+    fn split_block_name_separates_index_and_rest() {
+        assert_eq!(split_block_name("blocks.3.norm1.weight"), Some(("3", "norm1.weight")));
+        assert_eq!(split_block_name("blocks.x"), Some(("x", "")));
+        assert_eq!(split_block_name("head.weight"), None);
     }
 
     #[test]
