@@ -201,8 +201,8 @@ pub struct CompressJob {
     pub budget: Budget,
     /// The method's options. The job sets `budget_params` (from [`Self::budget`]),
     /// `sparse_entry_cost` and `sparse_row_cost` (from the output dtype) and `group_size` (from
-    /// [`CalibrationSource::crops_per_image`]); the values given for those are ignored. Until the
-    /// method reports progress through a callback, `progress` switches its progress bars.
+    /// [`CalibrationSource::crops_per_image`]); the values given for those are ignored.
+    /// `options.progress` is the method's per-phase progress callback (none by default).
     pub options: PipelineOptions,
     /// Storage dtype of every float tensor (`None`: the dtype of the source's block weights).
     pub dtype: Option<DType>,
