@@ -331,7 +331,8 @@ mod tests {
     fn default_arguments_give_the_default_options() {
         let cli =
             Cli::try_parse_from(["compress", "--model", "m", "--calib", "c", "--keep", "0.4", "-o", "o"]).unwrap();
-        let global = Global { quiet: false };
+        // Quiet: the progress callback is presentation (the CLI's bars), not a method option.
+        let global = Global { quiet: true };
         assert_eq!(format!("{:?}", pipeline_options(&cli.args, &global)), format!("{:?}", PipelineOptions::default()));
         let job = job(&cli.args, &global).unwrap();
         assert_eq!(job.budget, Budget::Keep(0.4));
