@@ -206,8 +206,9 @@ pub struct CompressJob {
     pub options: PipelineOptions,
     /// Storage dtype of every float tensor (`None`: the dtype of the source's block weights).
     pub dtype: Option<DType>,
-    /// Input size (square) for calibration and in the output's preprocessing (`None`: the
-    /// model's); a multiple of the patch size up to 8192.
+    /// Input size (square) for calibration and in the output's preprocessing; a multiple of the
+    /// patch size up to 8192. `None`: the size of the calibration file's `pixel_values` when
+    /// they hold another size the model takes (with a warning), else the model's.
     pub image_size: Option<usize>,
     /// The compressed file (written atomically); the JSON report goes to `OUTPUT.report.json`.
     pub output: PathBuf,
@@ -357,6 +358,12 @@ impl Error for JobError {
     }
 }
 
+/// Whether `side` pixels is an input side a model with `patch`-pixel patches takes: a multiple of
+/// the patch size from one patch to 8192.
+fn image_side_fits(side: usize, patch: usize) -> bool {
+    (patch..=8192).contains(&side) && side.checked_rem(patch) == Some(0)
+}
+
 /// Imports a checkpoint directory or reads a factorvit file into a spec; the import's warnings
 /// go to `progress` (and stay in the spec).
 pub fn load_spec(path: &Path, progress: &mut dyn JobProgress) -> Result<ModelSpec, JobError> {
@@ -496,12 +503,19 @@ impl CompressJob {
     /// Reads the source, applies the image size, picks the dtype and loads the model.
     fn load_source(&self, progress: &mut dyn JobProgress) -> Result<Source, JobError> {
         let mut spec = load_spec(&self.model, progress)?;
+        let patch = spec.config.patch_size;
         if let Some(size) = self.image_size {
-            let patch = spec.config.patch_size;
-            if size < patch || size > 8192 || size.checked_rem(patch) != Some(0) {
+            if !image_side_fits(size, patch) {
                 return Err(JobError::ImageSize { size, patch });
             }
             spec.preprocess.input_size = [spec.preprocess.input_size[0], size, size];
+        } else if let Some([h, w]) = self.calibration_image_size(&spec)? {
+            let [_, sh, sw] = spec.preprocess.input_size;
+            progress.warning(&format!(
+                "the calibration pixel_values are {h}×{w}: compressing for {h}×{w} inputs (the checkpoint's \
+                 input is {sh}×{sw}; setting the image size chooses another)"
+            ));
+            spec.preprocess.input_size = [spec.preprocess.input_size[0], h, w];
         }
         let dtype = self.dtype.unwrap_or_else(|| export::block_dtype(&spec));
         let bytes = writer::to_bytes(&spec)
@@ -510,6 +524,26 @@ impl CompressJob {
         let model = factorvit::Model::from_vec(bytes)
             .map_err(|e| JobError::model(format!("the runtime rejects {}", self.model.display()), e))?;
         Ok(Source { spec, model, dtype, file_bytes })
+    }
+
+    /// The input size to compress for when no image size is given: that of the calibration file's
+    /// normalised `pixel_values` when they have the model's channels, another `H×W` than the
+    /// checkpoint's, and sides the model can take (multiples of the patch size; the runtime
+    /// interpolates the position table). `None` otherwise: raw images are resized to the
+    /// model's input, and pixel_values that do not fit fail to load with their sizes named.
+    fn calibration_image_size(&self, spec: &ModelSpec) -> Result<Option<[usize; 2]>, JobError> {
+        let path = &self.calib.path;
+        if !path.is_file() || !path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors")) {
+            return Ok(None);
+        }
+        let sample =
+            data::pixel_values_size(path).map_err(|source| JobError::Calibration { path: path.clone(), source })?;
+        let [c, h, w] = spec.preprocess.input_size;
+        Ok(sample.and_then(|[fc, fh, fw]| {
+            let fits =
+                fc == c && image_side_fits(fh, spec.config.patch_size) && image_side_fits(fw, spec.config.patch_size);
+            (fits && [fh, fw] != [h, w]).then_some([fh, fw])
+        }))
     }
 
     /// The calibration images, in the model's preprocessing.

@@ -128,7 +128,10 @@ impl Inputs {
         // pixel_values that do not fit the 3×32×32 micro model.
         write_st(&dir.join("pv_c1.safetensors"), &[("pixel_values", f16_tensor(&[4, 1, 32, 32], 1))]);
         write_st(&dir.join("pv_c4.safetensors"), &[("pixel_values", f16_tensor(&[4, 4, 32, 32], 2))]);
-        write_st(&dir.join("pv_hw.safetensors"), &[("pixel_values", f16_tensor(&[4, 3, 24, 24], 3))]);
+        // 20×20 is no multiple of the 8-pixel patch: no size the model takes (24×24 would be:
+        // compress then calibrates at that size, see below).
+        write_st(&dir.join("pv_hw.safetensors"), &[("pixel_values", f16_tensor(&[4, 3, 20, 20], 3))]);
+        write_st(&dir.join("pv_24.safetensors"), &[("pixel_values", f16_tensor(&[4, 3, 24, 24], 5))]);
         write_st(&dir.join("pv_ok.safetensors"), &[("pixel_values", f16_tensor(&[4, 3, 32, 32], 4))]);
         let ints = StoredTensor { dtype: DType::I64, shape: vec![2, 3, 32, 32], data: vec![0; 2 * 3 * 32 * 32 * 8] };
         write_st(&dir.join("pv_i64.safetensors"), &[("pixel_values", ints)]);
@@ -406,6 +409,28 @@ fn assert_fails_cleanly(o: &Output, code: i32, needle: &str, args: &[&str]) {
     }
 }
 
+/// Without `--image-size`, normalised calibration pixel_values of another size the model takes
+/// (24×24 for the 32×32 micro model with 8-pixel patches) set the size to compress for, with a
+/// warning; the output's preprocessing says so. An explicit `--image-size` wins (and then the
+/// file does not fit).
+#[test]
+fn compress_takes_the_image_size_from_calibration_pixel_values() {
+    let inputs = Inputs::new();
+    std::fs::create_dir_all(inputs.out_dir()).unwrap();
+    let out = inputs.out_dir().join("from-calib.fvit");
+    let (model, calib, out_s) = (micro(), inputs.path("pv_24.safetensors"), out.to_str().unwrap().to_string());
+    let args = ["compress", "--model", &model, "--calib", &calib, "--keep", "0.5", "-o", &out_s, "--threads", "1"];
+    let o = factorvit(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "stderr: {err}");
+    assert!(err.contains("the calibration pixel_values are 24×24: compressing for 24×24 inputs"), "{err}");
+    let compressed = Model::open(&out).unwrap();
+    assert_eq!(compressed.preprocess().input_size, [3, 24, 24]);
+
+    let explicit = [&args[..], &["--image-size", "32"]].concat();
+    assert_fails_cleanly(&factorvit(&explicit), 1, "3×24×24, the model takes 3×32×32", &explicit);
+}
+
 #[test]
 fn cli_bad_inputs_fail_cleanly() {
     let inputs = Inputs::new();
@@ -456,7 +481,7 @@ fn cli_bad_inputs_fail_cleanly() {
         ("compress: decompression-bomb PNG", with(&p("bomb")), 1, "huge.png"),
         ("compress: pixel_values with 1 channel", with(&p("pv_c1.safetensors")), 1, "1×32×32, the model takes 3×32×32"),
         ("compress: pixel_values with 4 channels", with(&p("pv_c4.safetensors")), 1, "4×32×32"),
-        ("compress: pixel_values of the wrong size", with(&p("pv_hw.safetensors")), 1, "3×24×24"),
+        ("compress: pixel_values of a size the model cannot take", with(&p("pv_hw.safetensors")), 1, "3×20×20"),
         ("compress: integer pixel_values", with(&p("pv_i64.safetensors")), 1, "I64"),
         ("compress: NaN pixel_values", with(&p("pv_nan.safetensors")), 1, "non-finite"),
         ("compress: missing calibration path", with(&p("no-such-calib")), 1, "no-such-calib"),
@@ -509,7 +534,7 @@ fn cli_bad_inputs_fail_cleanly() {
         ("compress: --report with another extension", ok_with(&["--keep", "0.5", "--report", &p("out/r.pdf")]), 2, "--report"),
         // eval
         ("eval: pixel_values with 1 channel", owned(&["eval", "--model", &model, "--data", &p("pv_c1.safetensors")]), 1, "1×32×32"),
-        ("eval: pixel_values of the wrong size", owned(&["eval", "--model", &model, "--data", &p("pv_hw.safetensors")]), 1, "3×24×24"),
+        ("eval: pixel_values of the wrong size", owned(&["eval", "--model", &model, "--data", &p("pv_24.safetensors")]), 1, "3×24×24"),
         ("eval: empty folder", owned(&["eval", "--model", &model, "--data", &p("empty")]), 1, no_images.as_str()),
         ("eval: folder of non-image files", owned(&["eval", "--model", &model, "--data", &p("txt_only")]), 1, "(3 other files skipped)"),
         ("eval: truncated PNG", owned(&["eval", "--model", &model, "--data", &p("truncated")]), 1, "cut.png"),

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use factorvit_compress::data::Split;
+use factorvit_compress::data::{DataError, Split};
 use factorvit_compress::job::{Budget, BudgetError, CalibrationSource, CompressJob, JobError};
 use factorvit_compress::method::compensate::CompensationOptions;
 use factorvit_compress::method::pipeline::{
@@ -90,7 +90,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0, value_name = "K", value_parser = values::count_in(0, MAX_CROPS_PER_IMAGE))]
     pub crops_per_image: usize,
     /// Input size (square) for calibration and in the output's preprocessing, a multiple of the
-    /// patch size up to 8192 [default: the model's]
+    /// patch size up to 8192 [default: that of calibration pixel_values of another size the
+    /// model takes, else the model's]
     #[arg(long, value_name = "N")]
     pub image_size: Option<usize>,
     /// Split of an idx calibration folder
@@ -292,6 +293,10 @@ pub fn job_error(e: JobError) -> CliError {
             "--image-size {size} is out of range: must be a multiple of the model's patch size {patch}, \
              from {patch} to 8192"
         )),
+        JobError::Calibration { path, source: source @ DataError::InputMismatch { .. } } => {
+            let line = CliError::new(format!("cannot load calibration data {}", path.display()), source).render();
+            CliError::msg(format!("{line}; --image-size N compresses for N×N inputs"))
+        }
         e => e.into(),
     }
 }

@@ -24,7 +24,7 @@ pub use error::{DataError, IdxProblem};
 pub use folder::{is_image_file, list_image_folder, match_class_names, FolderListing};
 pub use idx::IdxArray;
 pub use rng::Rng;
-pub use tensors::load_safetensors_dataset;
+pub use tensors::{load_safetensors_dataset, pixel_values_size};
 
 use crate::preprocess::{
     augmented_crop, convert_channels, eval_transform_u8, load_image_u8, normalize_into, validate_preprocess,

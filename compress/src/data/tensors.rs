@@ -10,6 +10,18 @@ use factorvit::Preprocess;
 use super::error::DataError;
 use super::{build_dataset, check_finite, checked_dataset_len, select_indices, Dataset, LoadOptions, RawImages};
 
+/// The sample size `[C, H, W]` of a safetensors dataset that stores normalised `pixel_values`
+/// `[N, C, H, W]` (`None` for raw `images`, which are resized to any model input, and for files
+/// without `pixel_values`). Reads only the header; a malformed file is a [`DataError`].
+pub fn pixel_values_size(path: &Path) -> Result<Option<[usize; 3]>, DataError> {
+    let file = FileBytes::open(path)?;
+    let container = Container::parse(file.bytes()).map_err(|e| DataError::safetensors(path, e.to_string()))?;
+    Ok(container.get("pixel_values").and_then(|info| match info.shape.as_slice() {
+        &[_, c, h, w] => Some([c, h, w]),
+        _ => None,
+    }))
+}
+
 /// The file contents: memory-mapped, or read for empty files (which cannot be mapped).
 enum FileBytes {
     Mapped(memmap2::Mmap),
