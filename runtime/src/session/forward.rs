@@ -105,6 +105,13 @@ impl Session<'_, '_> {
         self.run_block_inner(i, None, observer);
     }
 
+    /// LayerNorm of the residual stream `x` into `xn` (the input of `qkv` and `fc1`).
+    fn normalise_residual(&mut self, norm: &Norm) {
+        let (rows, d) = (self.rows(), self.dim());
+        let (x, xn) = (Rows::new(&self.x, rows, d, d), RowsMut::new(&mut self.xn, rows, d, d));
+        kernels::layer_norm(self.backend, x, &norm.weight, &norm.bias, self.model.config.layer_norm_eps, xn);
+    }
+
     /// Block `i`; with `last`, only up to the input of that layer (see
     /// [`Session::run_block_until`]).
     pub(super) fn run_block_inner(&mut self, i: usize, last: Option<BlockLinear>, observer: &mut dyn Observer) {
@@ -112,18 +119,7 @@ impl Session<'_, '_> {
         let block = &model.blocks[i];
         let c = &model.config;
         let (rows, d) = (self.rows(), c.embed_dim);
-        let backend = self.backend;
-        let eps = c.layer_norm_eps;
-
-        let norm1 = &block.norm1;
-        kernels::layer_norm(
-            backend,
-            Rows::new(&self.x, rows, d, d),
-            &norm1.weight,
-            &norm1.bias,
-            eps,
-            RowsMut::new(&mut self.xn, rows, d, d),
-        );
+        self.normalise_residual(&block.norm1);
         observer.linear_input(i, BlockLinear::Qkv, &self.xn[..rows * d], rows, d);
         if last == Some(BlockLinear::Qkv) {
             return;
@@ -138,15 +134,7 @@ impl Session<'_, '_> {
         let residual = Epilogue { accumulate: true, scale: block.ls1.as_deref(), ..Epilogue::default() };
         linear_ctx!(self).apply(&block.proj, Rows::new(&self.ctx, rows, d, d), &mut self.x, residual);
 
-        let norm2 = &block.norm2;
-        kernels::layer_norm(
-            backend,
-            Rows::new(&self.x, rows, d, d),
-            &norm2.weight,
-            &norm2.bias,
-            eps,
-            RowsMut::new(&mut self.xn, rows, d, d),
-        );
+        self.normalise_residual(&block.norm2);
         observer.linear_input(i, BlockLinear::Fc1, &self.xn[..rows * d], rows, d);
         if last == Some(BlockLinear::Fc1) {
             return;
