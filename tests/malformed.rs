@@ -58,7 +58,41 @@ fn base_spec() -> ModelSpec {
     t.insert("blocks.1.attn.proj.sparse.row_ptr".into(), StoredTensor::from_u32(vec![d + 1], &rows).unwrap());
     t.insert("blocks.1.attn.proj.sparse.col_idx".into(), StoredTensor::from_u32(vec![d], &cols).unwrap());
     t.insert("blocks.1.attn.proj.sparse.values".into(), StoredTensor::from_f32_as(bf, vec![d], &seq(d, 8)).unwrap());
+    // Int8 layers (F32 channel scales): blocks.1.mlp.fc1 dense; blocks.1.mlp.fc2 low rank 2
+    // with U's scales folded into V's (no `u_scale`); blocks.0.attn.proj low rank 2 with row
+    // scales of U and an int8 sparse term (one entry per row, U16 columns).
+    let i8t = |shape: Vec<usize>, seed: u32| {
+        let n = shape.iter().product();
+        let bytes = seq(n, seed).iter().map(|&x| ((x * 254.0).round() as i8) as u8).collect();
+        StoredTensor::new(factorvit::safetensors::DType::I8, shape, bytes).unwrap()
+    };
+    let scales = |n: usize| {
+        StoredTensor::from_f32(vec![n], &(0..n).map(|c| 0.004 + c as f32 * 1e-4).collect::<Vec<_>>()).unwrap()
+    };
+    t.remove("blocks.1.mlp.fc1.weight");
+    t.insert("blocks.1.mlp.fc1.weight".into(), i8t(vec![mlp, d], 9));
+    t.insert("blocks.1.mlp.fc1.weight_scale".into(), scales(mlp));
+    t.remove("blocks.1.mlp.fc2.weight");
+    t.insert("blocks.1.mlp.fc2.u".into(), i8t(vec![d, 2], 10));
+    t.insert("blocks.1.mlp.fc2.v".into(), i8t(vec![2, mlp], 11));
+    t.insert("blocks.1.mlp.fc2.v_scale".into(), scales(2));
+    t.remove("blocks.0.attn.proj.weight");
+    t.insert("blocks.0.attn.proj.u".into(), i8t(vec![d, 2], 12));
+    t.insert("blocks.0.attn.proj.u_scale".into(), scales(d));
+    t.insert("blocks.0.attn.proj.v".into(), i8t(vec![2, d], 13));
+    t.insert("blocks.0.attn.proj.v_scale".into(), scales(2));
+    let rows: Vec<u32> = (0..=d as u32).collect();
+    let cols: Vec<u16> = (0..d as u16).map(|j| (j * 3) % 16).collect();
+    t.insert("blocks.0.attn.proj.sparse.row_ptr".into(), StoredTensor::from_u32(vec![d + 1], &rows).unwrap());
+    t.insert("blocks.0.attn.proj.sparse.col_idx".into(), StoredTensor::from_u16(vec![d], &cols).unwrap());
+    t.insert("blocks.0.attn.proj.sparse.values".into(), i8t(vec![d], 14));
+    t.insert("blocks.0.attn.proj.sparse.values_scale".into(), scales(d));
     spec
+}
+
+/// Writes `value` as channel `channel` of the F32 scale tensor `name`.
+fn set_scale(f: &mut RawFile, name: &str, channel: usize, value: f32) {
+    f.tensor_mut(name).3[4 * channel..4 * channel + 4].copy_from_slice(&value.to_le_bytes());
 }
 
 fn half_dtype() -> factorvit::safetensors::DType {
@@ -341,13 +375,86 @@ fn structural_cases() -> Vec<(&'static str, Mutation, Check)> {
             |e| matches!(e, Error::Format(m) if m.contains("extra")),
         ),
         (
-            "weight stored as I8",
+            "weight stored as I8 without its scales",
             |f| {
                 let t = f.tensor_mut("head.weight");
                 t.1 = "I8".into();
                 t.3.truncate(3 * 16);
             },
+            |e| matches!(e, Error::MissingTensor(t) if t == "head.weight_scale"),
+        ),
+        (
+            "weight stored as U8",
+            |f| {
+                let t = f.tensor_mut("head.weight");
+                t.1 = "U8".into();
+                t.3.truncate(3 * 16);
+            },
             |e| matches!(e, Error::Dtype { tensor, .. } if tensor == "head.weight"),
+        ),
+        // Int8 channel scales.
+        (
+            "int8 weight scale zero",
+            |f| set_scale(f, "blocks.1.mlp.fc1.weight_scale", 0, 0.0),
+            |e| matches!(e, Error::Scale { tensor, channel: 0, .. } if tensor == "blocks.1.mlp.fc1.weight_scale"),
+        ),
+        (
+            "int8 weight scale negative",
+            |f| set_scale(f, "blocks.1.mlp.fc1.weight_scale", 5, -0.01),
+            |e| matches!(e, Error::Scale { channel: 5, value, .. } if *value < 0.0),
+        ),
+        (
+            "int8 V scale NaN",
+            |f| set_scale(f, "blocks.1.mlp.fc2.v_scale", 1, f32::NAN),
+            // The finiteness pass over every float tensor sees it first.
+            |e| matches!(e, Error::NonFinite(t) | Error::Scale { tensor: t, .. } if t == "blocks.1.mlp.fc2.v_scale"),
+        ),
+        (
+            "int8 U scale infinite",
+            |f| set_scale(f, "blocks.0.attn.proj.u_scale", 3, f32::INFINITY),
+            |e| matches!(e, Error::NonFinite(t) | Error::Scale { tensor: t, .. } if t == "blocks.0.attn.proj.u_scale"),
+        ),
+        (
+            "int8 sparse values scale negative zero",
+            |f| set_scale(f, "blocks.0.attn.proj.sparse.values_scale", 15, -0.0),
+            |e| matches!(e, Error::Scale { channel: 15, .. }),
+        ),
+        (
+            "int8 weight scale of the wrong length",
+            |f| {
+                let t = f.tensor_mut("blocks.1.mlp.fc1.weight_scale");
+                t.2 = vec![31];
+                t.3.truncate(31 * 4);
+            },
+            |e| matches!(e, Error::Shape { tensor, .. } if tensor == "blocks.1.mlp.fc1.weight_scale"),
+        ),
+        (
+            "int8 V scale with one entry per column",
+            |f| {
+                let t = f.tensor_mut("blocks.1.mlp.fc2.v_scale");
+                t.2 = vec![32];
+                t.3 = vec![0x3c; 32 * 4];
+            },
+            |e| matches!(e, Error::Shape { tensor, .. } if tensor == "blocks.1.mlp.fc2.v_scale"),
+        ),
+        (
+            "int8 sparse values scale missing",
+            |f| f.remove("blocks.0.attn.proj.sparse.values_scale"),
+            |e| matches!(e, Error::MissingTensor(t) if t == "blocks.0.attn.proj.sparse.values_scale"),
+        ),
+        (
+            "int8 scale stored as F16",
+            |f| {
+                let t = f.tensor_mut("blocks.0.attn.proj.v_scale");
+                t.1 = "F16".into();
+                t.3 = f16::from_f32(0.01).to_bits().to_le_bytes().repeat(2);
+            },
+            |e| matches!(e, Error::Dtype { tensor, .. } if tensor == "blocks.0.attn.proj.v_scale"),
+        ),
+        (
+            "scale next to a float weight",
+            |f| f.tensors.push(("blocks.0.mlp.fc1.u_scale".into(), "F32".into(), vec![32], vec![0x3c; 32 * 4])),
+            |e| matches!(e, Error::Format(m) if m.contains("blocks.0.mlp.fc1.u_scale")),
         ),
         // Non-finite values (rejected by default; see the check_finite case below).
         (

@@ -27,6 +27,7 @@ use factorvit::ModelConfig;
 use crate::checkpoint::{self, ModelSpec};
 use crate::data::{self, DataError, Dataset, LoadOptions, Split};
 use crate::method::pipeline::{self, Calibration, Compressed, PipelineOptions};
+use crate::method::quantise::{self, QuantOptions};
 use crate::method::{export, MethodError};
 use crate::report::html::{self, ReportInfo};
 use crate::report::Report;
@@ -62,6 +63,16 @@ pub struct BudgetBase {
     pub elem_bytes: usize,
 }
 
+/// The dtype of the float tensors of an output stored as `dtype`: itself, or F16 for int8
+/// weights (norms, biases, tokens, positions, patch embedding and heads).
+pub fn float_dtype(dtype: DType) -> DType {
+    if dtype == DType::I8 {
+        DType::F16
+    } else {
+        dtype
+    }
+}
+
 /// The block linears of `config`, `(name, m, n)`: the config's shapes (every block's `qkv`,
 /// `proj`, `fc1`, `fc2`), whatever the source stores.
 fn block_linears(config: &ModelConfig) -> Vec<(String, usize, usize)> {
@@ -73,6 +84,14 @@ impl BudgetBase {
     pub fn of(spec: &ModelSpec, model: &factorvit::Model<'_>, dtype: DType) -> BudgetBase {
         let linears = block_linears(&spec.config);
         let elem = dtype.size();
+        // Int8: the other floats are stored as F16, and every block linear carries up to one
+        // F32 scale per output row (dense and sparse terms; a factored layer's `V` scales are
+        // fewer) — charged as `4·m` bytes per layer, an upper bound.
+        let (float_elem, scale_bytes) = if dtype == DType::I8 {
+            (float_dtype(dtype).size(), linears.iter().map(|(_, m, _)| 4 * m).sum())
+        } else {
+            (elem, 0)
+        };
         let is_block_weight = |tensor: &str| {
             linears.iter().any(|(layer, _, _)| {
                 tensor
@@ -85,8 +104,9 @@ impl BudgetBase {
             .tensors
             .iter()
             .filter(|(name, _)| !is_block_weight(name))
-            .map(|(_, t)| t.numel().unwrap_or(0) * if t.is_float() { elem } else { t.dtype.size() })
-            .sum();
+            .map(|(_, t)| t.numel().unwrap_or(0) * if t.is_float() { float_elem } else { t.dtype.size() })
+            .sum::<usize>()
+            + scale_bytes;
         BudgetBase {
             dense_block_params: linears.iter().map(|(_, m, n)| m * n).sum(),
             other_params: model.params() - model.block_linear_params(),
@@ -204,8 +224,12 @@ pub struct CompressJob {
     /// [`CalibrationSource::crops_per_image`]); the values given for those are ignored.
     /// `options.progress` is the method's per-phase progress callback (none by default).
     pub options: PipelineOptions,
-    /// Storage dtype of every float tensor (`None`: the dtype of the source's block weights).
+    /// Storage dtype of every float tensor (`None`: the dtype of the source's block weights);
+    /// `I8`: int8 block-linear weights (see [`Self::quant`]).
     pub dtype: Option<DType>,
+    /// How int8 weights are quantised (with `dtype` `I8`: block linears int8 with F32 channel
+    /// scales, every other float tensor F16).
+    pub quant: QuantOptions,
     /// Input size (square) for calibration and in the output's preprocessing; a multiple of the
     /// patch size up to 8192. `None`: the size of the calibration file's `pixel_values` when
     /// they hold another size the model takes (with a warning), else the model's.
@@ -415,6 +439,8 @@ struct Built {
     bytes: Vec<u8>,
     params: usize,
     weight_bytes: usize,
+    /// Per block linear, with int8 weights: the relative output error quantisation added.
+    quant_errors: Vec<(String, Option<f64>)>,
 }
 
 impl CompressJob {
@@ -432,6 +458,7 @@ impl CompressJob {
             budget,
             options: PipelineOptions::default(),
             dtype: None,
+            quant: QuantOptions::default(),
             image_size: None,
             output: output.into(),
             report: None,
@@ -452,13 +479,20 @@ impl CompressJob {
         let opts = self.pipeline_options(budget, source.dtype);
         progress.phase(Phase::Compress);
         let calibration = Calibration { pixels: &calib.pixel_values, count: calib.n, image_size: [calib.h, calib.w] };
-        let compressed = pipeline::compress_model(&source.model, &calibration, &opts).map_err(JobError::Method)?;
+        let mut compressed = pipeline::compress_model(&source.model, &calibration, &opts).map_err(JobError::Method)?;
         let Source { mut spec, model, dtype, file_bytes: source_file_bytes } = source;
         let (source_params, source_weight_bytes) = (model.params(), model.weight_bytes());
         drop(model);
 
         progress.phase(Phase::Write);
-        let built = build_output(&mut spec, &compressed, &opts, dtype, calib.n)?;
+        let built = build_output(&mut spec, &compressed, &opts, (dtype, &self.quant), calib.n)?;
+        compressed.input_moments = Vec::new();
+        let stored = float_dtype(dtype).name();
+        for l in &mut compressed.report.layers {
+            let q = built.quant_errors.iter().find(|(name, _)| *name == l.name).and_then(|(_, e)| *e);
+            l.dtype = if q.is_some() { DType::I8.name() } else { stored }.to_string();
+            l.quant_error = q;
+        }
         writer::write_atomic(&self.output, &built.bytes)
             .map_err(|e| JobError::output(format!("cannot write {}", self.output.display()), e))?;
         let report_path = PathBuf::from(format!("{}.report.json", self.output.display()));
@@ -568,11 +602,14 @@ impl CompressJob {
     /// The method's options with the fields the job derives (see [`Self::options`]).
     fn pipeline_options(&self, budget: usize, dtype: DType) -> PipelineOptions {
         let elem = dtype.size() as f64;
+        let int8 = dtype == DType::I8;
         PipelineOptions {
             budget_params: budget,
             sparse_entry_cost: (dtype.size() + 2) as f64 / elem,
-            sparse_row_cost: 4.0 / elem,
+            // A row pointer, and with int8 values a row scale.
+            sparse_row_cost: if int8 { 8.0 } else { 4.0 } / elem,
             group_size: self.calib.crops_per_image.max(1),
+            keep_input_moments: int8 || self.options.keep_input_moments,
             ..self.options.clone()
         }
     }
@@ -584,12 +621,21 @@ fn build_output(
     spec: &mut ModelSpec,
     compressed: &Compressed,
     opts: &PipelineOptions,
-    dtype: DType,
+    (dtype, quant): (DType, &QuantOptions),
     calibration_images: usize,
 ) -> Result<Built, JobError> {
-    export::apply_to_spec(spec, compressed, dtype)
+    let int8 = dtype == DType::I8;
+    export::apply_to_spec(spec, compressed, if int8 { DType::F32 } else { dtype })
         .map_err(|e| JobError::output("cannot store the compressed layers".into(), e))?;
-    spec.cast_floats(dtype).map_err(|e| JobError::output(format!("cannot store the model as {}", dtype.name()), e))?;
+    let quant_errors = if int8 {
+        quantise::quantise_blocks(spec, &compressed.input_moments, quant)
+            .map_err(|e| JobError::output("cannot quantise the model to int8".into(), e))?
+    } else {
+        Vec::new()
+    };
+    let floats = float_dtype(dtype);
+    spec.cast_floats(floats)
+        .map_err(|e| JobError::output(format!("cannot store the model as {}", floats.name()), e))?;
     let (before, after, cost) = compressed.report.totals();
     let summary = serde_json::json!({
         "method": format!("{:?}", opts.method),
@@ -609,7 +655,7 @@ fn build_output(
         .map_err(|e| JobError::output("the runtime rejects the compressed model (a bug)".into(), e))?;
     let (params, weight_bytes) = (reloaded.params(), reloaded.weight_bytes());
     drop(reloaded);
-    Ok(Built { bytes, params, weight_bytes })
+    Ok(Built { bytes, params, weight_bytes, quant_errors })
 }
 
 #[cfg(test)]

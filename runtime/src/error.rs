@@ -64,6 +64,15 @@ pub enum Error {
     Input(String),
     /// A tensor holds a non-finite value where one is not allowed.
     NonFinite(String),
+    /// A channel scale of an int8 weight is zero, negative, NaN or infinite.
+    Scale {
+        /// The scale tensor.
+        tensor: String,
+        /// The channel (index into the scale tensor).
+        channel: usize,
+        /// The value found.
+        value: f32,
+    },
     /// The bytes of a tensor (or the metadata, named `__metadata__`) do not match the checksum
     /// stored in the file: the file is corrupt.
     Checksum {
@@ -106,6 +115,9 @@ impl core::fmt::Display for Error {
             Error::Overflow(what) => write!(f, "size overflow while computing {what}"),
             Error::Input(m) => write!(f, "bad input: {m}"),
             Error::NonFinite(t) => write!(f, "tensor `{t}` contains NaN or infinity"),
+            Error::Scale { tensor, channel, value } => {
+                write!(f, "tensor `{tensor}`: scale {value} of channel {channel} is not a finite positive number")
+            }
             Error::Checksum { tensor, expected, found } => write!(
                 f,
                 "checksum mismatch in `{tensor}`: the file stores crc32 {expected:08x}, the bytes have {found:08x} (corrupt file)"

@@ -13,7 +13,7 @@ use std::cell::Cell;
 
 use factorvit::kernels::{
     self, add_scaled, gelu, gemm, gemm_parallel, layer_norm, softmax_rows, sparse_add, BLayout, Backend, Csr, Epilogue,
-    Gemm, MatB, Rows, RowsMut, Scratch, SparseIndices, WeightSlice,
+    Gemm, MatB, QuantI8, Rows, RowsMut, Scratch, SparseIndices, WeightSlice,
 };
 use factorvit::parallel::Exec;
 use half::{bf16, f16};
@@ -83,19 +83,29 @@ enum Dt {
     F32,
     F16,
     BF16,
+    /// Int8 with one scale per output channel.
+    I8,
+    /// Int8 without scales (a unit scale, as a `U` whose column scales were folded into `V`).
+    I8Unit,
 }
 
 enum Store {
     F32(Vec<f32>),
     F16(Vec<f16>),
     BF16(Vec<bf16>),
+    I8(Vec<i8>, Option<Vec<f32>>),
 }
 impl Store {
-    fn new(dt: Dt, v: &[f32]) -> Store {
+    /// `v` (values in [-1, 1]) stored as `dt`; int8 as `round(127·v)` with channel `c`'s scale
+    /// `(1 + c mod 5) / 381` (`channels` output channels), or no scale for [`Dt::I8Unit`].
+    fn new(dt: Dt, v: &[f32], channels: usize) -> Store {
+        let q = || v.iter().map(|&x| (x * 127.0).round().clamp(-127.0, 127.0) as i8).collect();
         match dt {
             Dt::F32 => Store::F32(v.to_vec()),
             Dt::F16 => Store::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
             Dt::BF16 => Store::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
+            Dt::I8 => Store::I8(q(), Some((0..channels).map(|c| (1 + c % 5) as f32 / 381.0).collect())),
+            Dt::I8Unit => Store::I8(q(), None),
         }
     }
     fn slice(&self) -> WeightSlice<'_> {
@@ -103,6 +113,16 @@ impl Store {
             Store::F32(v) => WeightSlice::F32(v),
             Store::F16(v) => WeightSlice::F16(v),
             Store::BF16(v) => WeightSlice::BF16(v),
+            Store::I8(v, s) => WeightSlice::I8(QuantI8 { values: v, scales: s.as_deref() }),
+        }
+    }
+    /// Element `i` of output channel `c` as the weight it stands for (the test's own decoding).
+    fn value(&self, i: usize, c: usize) -> f64 {
+        match self {
+            Store::F32(v) => v[i] as f64,
+            Store::F16(v) => v[i].to_f64(),
+            Store::BF16(v) => v[i].to_f64(),
+            Store::I8(v, s) => v[i] as f64 * s.as_ref().map_or(1.0, |s| s[c] as f64),
         }
     }
 }
@@ -144,7 +164,7 @@ fn make(case: &Case, rng: &mut Rng) -> Data {
     let (brows, bcols) = if case.layout == BLayout::NK { (n, k) } else { (k, n) };
     let ldb = bcols + pad;
     let a = rng.vec(m.max(1) * lda, 1.0);
-    let b = Store::new(case.dt, &rng.vec(brows.max(1) * ldb, 1.0));
+    let b = Store::new(case.dt, &rng.vec(brows.max(1) * ldb, 1.0), n);
     let c0 = rng.vec(m.max(1) * ldc, 2.0);
     Data { a, lda, b, ldb, c0, ldc, bias: rng.vec(n, 0.5), scale: rng.vec(n, 1.5) }
 }
@@ -174,10 +194,10 @@ fn run(backend: Backend, scratch: &mut Scratch, case: &Case, d: &Data) -> Vec<f3
 
 /// Reference value and error bound of element (i, j).
 fn reference(case: &Case, d: &Data, i: usize, j: usize) -> (f64, f64) {
-    let b = matb(case, d);
     let (mut dot, mut abs) = (0.0f64, 0.0f64);
     for p in 0..case.k {
-        let t = d.a[i * d.lda + p] as f64 * b.at(p, j) as f64;
+        let at = if case.layout == BLayout::NK { j * d.ldb + p } else { p * d.ldb + j };
+        let t = d.a[i * d.lda + p] as f64 * d.b.value(at, j);
         dot += t;
         abs += t.abs();
     }
@@ -226,7 +246,7 @@ fn check_case(backend: Backend, scratch: &mut Scratch, case: &Case, rng: &mut Rn
 }
 
 const LAYOUTS: [BLayout; 2] = [BLayout::NK, BLayout::KN];
-const DTS: [Dt; 3] = [Dt::F32, Dt::F16, Dt::BF16];
+const DTS: [Dt; 5] = [Dt::F32, Dt::F16, Dt::BF16, Dt::I8, Dt::I8Unit];
 
 /// The 12 epilogue combinations: bias × gelu × (overwrite | accumulate | accumulate + scale).
 fn epilogues() -> Vec<(bool, bool, bool, bool)> {
@@ -702,7 +722,7 @@ fn check_sparse(backend: Backend, s: Csr<'_>, cols32: &[u32], x: Rows<'_>, y0: &
             let (s, e) = (row_ptr[j] as usize, row_ptr[j + 1] as usize);
             let (mut acc, mut abs) = (0.0f64, 0.0f64);
             for (q, &c) in cols32.iter().enumerate().take(e).skip(s) {
-                let v = vals.get(q) as f64 * x.row(t)[c as usize] as f64;
+                let v = vals.value(q, j) as f64 * x.row(t)[c as usize] as f64;
                 acc += v;
                 abs += v.abs();
             }
@@ -726,7 +746,7 @@ fn sparse_add_matches_reference() {
             let x = rng.vec(tokens * ldx, 1.0);
             let y0 = rng.vec(tokens * ldy, 1.0);
             for dt in DTS {
-                let vs = Store::new(dt, &vals);
+                let vs = Store::new(dt, &vals, m);
                 for idx in [SparseIndices::U16(&cols16), SparseIndices::U32(&cols32)] {
                     let s = Csr { row_ptr: &row_ptr, col_idx: idx, values: vs.slice() };
                     check_sparse(backend, s, &cols32, Rows::new(&x, tokens, n, ldx), &y0, ldy);
@@ -834,7 +854,7 @@ mod prop {
         #[test]
         fn gemm_random_shapes(
             m in 1usize..30, n in 1usize..70, k in 1usize..290, pad in 0usize..3,
-            nk in any::<bool>(), dt in 0usize..3, ep in 0usize..12, seed in any::<u64>(),
+            nk in any::<bool>(), dt in 0usize..DTS.len(), ep in 0usize..12, seed in any::<u64>(),
         ) {
             let layout = if nk { BLayout::NK } else { BLayout::KN };
             let cs = case(m, n, k, layout, DTS[dt], pad, epilogues()[ep]);
@@ -848,11 +868,11 @@ mod prop {
         #[test]
         fn sparse_random_shapes(
             tokens in 1usize..40, m in 1usize..40, n in 1usize..50, per_row in 0usize..12,
-            dt in 0usize..3, seed in any::<u64>(),
+            dt in 0usize..DTS.len(), seed in any::<u64>(),
         ) {
             let mut rng = Rng(seed | 1);
             let (row_ptr, cols, vals) = csr(&mut rng, m, n, per_row);
-            let vs = Store::new(DTS[dt], &vals);
+            let vs = Store::new(DTS[dt], &vals, m);
             let x = rng.vec(tokens * n, 1.0);
             let y0 = rng.vec(tokens * m, 1.0);
             for backend in Backend::available() {

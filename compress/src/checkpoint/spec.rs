@@ -285,14 +285,12 @@ impl ModelSpec {
                 if sparse.iter().any(Option::is_some) {
                     return Err(bad("a dense layer cannot carry a sparse term".to_string()));
                 }
-                expect_float(wn, w)?;
                 expect_shape(wn, w, &[m, n])?;
                 names.push(wn);
+                names.extend(self.weight_scale(wn, w, &tensor_names.weight_scale, m, false)?);
                 LayerKind::Dense
             }
             (None, Some((un, ut)), Some((vn, vt))) => {
-                expect_float(un, ut)?;
-                expect_float(vn, vt)?;
                 let rank = match ut.shape.as_slice() {
                     // A rank above min(m, n) cannot represent anything a dense layer cannot, at
                     // more cost: such a file is corrupt or hostile (the runtime rejects it too).
@@ -307,11 +305,14 @@ impl ModelSpec {
                 };
                 expect_shape(vn, vt, &[rank, n])?;
                 names.extend([un, vn]);
+                names.extend(self.weight_scale(un, ut, &tensor_names.u_scale, m, true)?);
+                names.extend(self.weight_scale(vn, vt, &tensor_names.v_scale, rank, false)?);
                 match sparse {
                     [None, None, None] => LayerKind::LowRank { rank },
                     [Some(rp), Some(ci), Some(vals)] => {
                         let nnz = check_csr(layer, m, n, rp, ci, vals)?;
                         names.extend([rp.0, ci.0, vals.0]);
+                        names.extend(self.weight_scale(vals.0, vals.1, &tensor_names.sparse_values_scale, m, false)?);
                         LayerKind::LowRankSparse { rank, nnz }
                     }
                     _ => {
@@ -337,6 +338,39 @@ impl ModelSpec {
             None => false,
         };
         Ok((LayerEntry { name: layer.to_string(), out_features: m, in_features: n, kind, bias }, names))
+    }
+
+    /// Checks a linear layer's weight tensor `t` (`name`): a float tensor, or I8 with its F32
+    /// scales `scale` of shape `[channels]`, every one finite and positive (required unless
+    /// `optional`, as for `U`, whose scales may be folded into `V`'s). Returns the scale
+    /// tensor's name when there is one.
+    fn weight_scale(
+        &self,
+        name: &str,
+        t: &StoredTensor,
+        scale: &str,
+        channels: usize,
+        optional: bool,
+    ) -> Result<Option<&str>, SpecError> {
+        if t.dtype != DType::I8 {
+            expect_float(name, t)?;
+            return Ok(None);
+        }
+        let Some((sn, st)) = self.tensors.get_key_value(scale) else {
+            return if optional { Ok(None) } else { Err(SpecError::MissingTensor(scale.to_string())) };
+        };
+        if st.dtype != DType::F32 {
+            return Err(SpecError::Dtype { tensor: sn.clone(), found: st.dtype, expected: "F32" });
+        }
+        expect_shape(sn, st, &[channels])?;
+        let values = st.to_f32().map_err(|e| e.for_tensor(sn))?;
+        if let Some(i) = values.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(SpecError::Data {
+                tensor: sn.clone(),
+                reason: format!("scale {} of channel {i} is not a finite positive number", values[i]),
+            });
+        }
+        Ok(Some(sn.as_str()))
     }
 
     /// The layer table (validates the whole spec).
@@ -443,7 +477,9 @@ fn check_csr(
         DType::U16 => return Err(bad(format!("U16 column indices need n <= 65536, but n = {n}"))),
         other => return Err(SpecError::Dtype { tensor: ci_name.to_string(), found: other, expected: "U16 or U32" }),
     }
-    expect_float(val_name, vals)?;
+    if vals.dtype != DType::I8 {
+        expect_float(val_name, vals)?;
+    }
     let nnz = match vals.shape.as_slice() {
         [nnz] => *nnz,
         _ => {

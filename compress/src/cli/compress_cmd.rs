@@ -9,6 +9,7 @@ use factorvit_compress::method::compensate::CompensationOptions;
 use factorvit_compress::method::pipeline::{
     FactorMethod, PipelineOptions, RankPolicy, SparseLayers, DEFAULT_SENSITIVITY_IMAGES, DEFAULT_SENSITIVITY_WORK_CAP,
 };
+use factorvit_compress::method::quantise::{QuantOptions, UScales};
 use factorvit_compress::report::html::ReportFormat;
 use factorvit_compress::report::units::{human_bytes, thousands};
 
@@ -100,6 +101,16 @@ pub struct Args {
     /// Storage dtype of every float tensor [default: the dtype of the source's block weights]
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
+    /// With --dtype int8: how the low-rank factor U is scaled (column: per rank index, folded
+    /// into V's row scales; row: per output row; row-balanced: per row after balancing U and V)
+    #[arg(long, value_enum, default_value_t = UScalesArg::Column)]
+    pub int8_u_scales: UScalesArg,
+    /// With --dtype int8: plain absmax scales instead of the activation-aware clip search
+    #[arg(long)]
+    pub int8_absmax: bool,
+    /// With --dtype int8: do not add the mean output error of quantisation to the bias
+    #[arg(long)]
+    pub int8_no_bias_correction: bool,
     /// Fraction of an eligible layer's low-rank parameters traded for sparse entries, in [0, 1)
     /// (0 = off)
     #[arg(long, default_value_t = 0.0, value_name = "F", value_parser = values::fraction_below_one())]
@@ -252,6 +263,32 @@ pub fn pipeline_options(args: &Args, global: &Global) -> PipelineOptions {
     }
 }
 
+/// `--int8-u-scales`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UScalesArg {
+    /// One scale per column (rank index), folded into V's row scales
+    Column,
+    /// One scale per output row
+    Row,
+    /// One scale per output row, after balancing U and V
+    RowBalanced,
+}
+
+/// The int8 options of the arguments.
+fn quant_options(args: &Args) -> QuantOptions {
+    let u_scales = match args.int8_u_scales {
+        UScalesArg::Column => UScales::Column,
+        UScalesArg::Row => UScales::Row,
+        UScalesArg::RowBalanced => UScales::RowBalanced,
+    };
+    let defaults = QuantOptions::default();
+    QuantOptions {
+        clip_grid: if args.int8_absmax { vec![1.0] } else { defaults.clip_grid },
+        u_scales,
+        bias_correction: !args.int8_no_bias_correction,
+    }
+}
+
 /// The compression job the arguments describe.
 pub fn job(args: &Args, global: &Global) -> Result<CompressJob, CliError> {
     Ok(CompressJob {
@@ -265,6 +302,7 @@ pub fn job(args: &Args, global: &Global) -> Result<CompressJob, CliError> {
         budget: budget(args)?,
         options: pipeline_options(args, global),
         dtype: args.dtype.map(DtypeArg::dtype),
+        quant: quant_options(args),
         image_size: args.image_size,
         output: args.output.clone(),
         report: args.report.clone(),

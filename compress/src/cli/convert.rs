@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
+use factorvit_compress::method::quantise::{self, QuantOptions};
 use factorvit_compress::report::units::{human_bytes, thousands};
-use factorvit_compress::writer;
+use factorvit_compress::{job, writer};
 
 use super::model::{load_spec, DtypeArg};
 use super::{CliError, Context, Global};
@@ -13,6 +14,7 @@ Examples:
   factorvit convert --model ./deit_tiny_patch16_224 -o deit-tiny.fvit
   factorvit convert --model ./dinov2-small -o dinov2-small-f16.fvit --dtype f16
   factorvit convert --model big.fvit -o big-bf16.fvit --dtype bf16
+  factorvit convert --model ./dinov2-small -o dinov2-small-int8.fvit --dtype int8
 
 The directory is what timm (save_for_hf / hub) or transformers (save_pretrained) writes:
 config.json plus model.safetensors, or shards listed by model.safetensors.index.json.
@@ -29,7 +31,8 @@ pub struct Args {
     /// Output file (conventionally *.fvit)
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
-    /// Store every float tensor in this dtype [default: keep the source dtypes]
+    /// Store every float tensor in this dtype [default: keep the source dtypes]; int8: the block
+    /// linears' weights as int8 with per-row f32 scales (weight-error clip search), the rest f16
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
 }
@@ -37,8 +40,13 @@ pub struct Args {
 pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
     let mut spec = load_spec(&args.model, global)?;
     if let Some(d) = args.dtype {
-        spec.cast_floats(d.dtype())
-            .context(|| format!("cannot cast {} to {}", args.model.display(), d.dtype().name()))?;
+        if d == DtypeArg::Int8 {
+            // No calibration data here: each row's clip minimises its weight error.
+            quantise::quantise_blocks(&mut spec, &[], &QuantOptions::default())
+                .context(|| format!("cannot quantise {} to int8", args.model.display()))?;
+        }
+        let floats = job::float_dtype(d.dtype());
+        spec.cast_floats(floats).context(|| format!("cannot cast {} to {}", args.model.display(), floats.name()))?;
     }
     let bytes = writer::to_bytes(&spec).context(|| format!("cannot convert {}", args.model.display()))?;
     // Never write a file the runtime would reject.

@@ -18,6 +18,8 @@ pub enum DtypeArg {
     F16,
     /// bfloat16 (round to nearest even)
     Bf16,
+    /// int8 block-linear weights with f32 per-channel scales; every other float tensor f16
+    Int8,
 }
 
 impl DtypeArg {
@@ -27,6 +29,7 @@ impl DtypeArg {
             DtypeArg::F32 => DType::F32,
             DtypeArg::F16 => DType::F16,
             DtypeArg::Bf16 => DType::BF16,
+            DtypeArg::Int8 => DType::I8,
         }
     }
 }

@@ -296,7 +296,7 @@ impl LayerState {
         }
         let fit_tail = fit_tail[..=keep_rank].to_vec();
         let val_tail = val_tail.map(|t| t[..=keep_rank].to_vec());
-        let keep_cov = sparse_eligible(which, opts) || opts.method == FactorMethod::Svd;
+        let keep_cov = sparse_eligible(which, opts) || opts.method == FactorMethod::Svd || opts.keep_input_moments;
         let InputStats { fit_cov, fit_mean, val_cov, val_mean } = stats;
         Ok(LayerState {
             name,

@@ -25,6 +25,7 @@ pub mod linalg;
 mod measure;
 pub mod pipeline;
 pub mod progress;
+pub mod quantise;
 mod sensitivity;
 pub mod stats;
 mod streams;

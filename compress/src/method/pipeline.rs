@@ -30,6 +30,7 @@ use super::compensate::{Candidate, CompensationOptions};
 use super::compensation::{self, Gate, GateSummary, TargetVariance};
 use super::factors::{self, Factored};
 use super::layer::{self, LayerState};
+use super::linalg::Matrix;
 use super::measure::{self, Measured};
 use super::report::{LayerReport, Report};
 use super::streams::{make_splits, Splits, StreamRunner};
@@ -132,6 +133,9 @@ pub struct PipelineOptions {
     pub threads: usize,
     /// Seed (validation split and every other random choice).
     pub seed: u64,
+    /// Keep each block linear's dense-input covariance and mean in [`Compressed::input_moments`]
+    /// (for activation-aware int8 quantisation; memory: one `n × n` f64 matrix per layer).
+    pub keep_input_moments: bool,
     /// Progress callback (default: none). The method draws nothing itself.
     pub progress: Progress,
 }
@@ -162,6 +166,7 @@ impl Default for PipelineOptions {
             batch: 16,
             threads: 0,
             seed: 0,
+            keep_input_moments: false,
             progress: Progress::none(),
         }
     }
@@ -228,6 +233,18 @@ pub struct Compressed {
     pub layers: Vec<LayerResult>,
     /// The per-layer report and summary.
     pub report: Report,
+    /// With [`PipelineOptions::keep_input_moments`]: per block linear (model order), the
+    /// covariance and mean of its inputs in the dense model; empty otherwise.
+    pub input_moments: Vec<InputMoments>,
+}
+
+/// The first two moments of a layer's inputs (fit split, dense model).
+#[derive(Debug, Clone)]
+pub struct InputMoments {
+    /// `n × n` covariance.
+    pub cov: Matrix,
+    /// Mean, length `n`.
+    pub mean: Vec<f64>,
 }
 
 impl Compressed {
@@ -397,7 +414,15 @@ pub fn compress_model(
     // dense activations, so their second moments need not be accumulated twice.
     let target_variances: Vec<TargetVariance> =
         layers.iter().map(|l| TargetVariance { fit: l.fit_variance, val: l.val_variance }).collect();
-    drop::<Vec<LayerState>>(layers);
+    let input_moments: Vec<InputMoments> = if opts.keep_input_moments {
+        layers
+            .into_iter()
+            .map(|l| InputMoments { cov: l.fit_cov.unwrap_or_else(|| Matrix::zeros(0, 0)), mean: l.fit_mean })
+            .collect()
+    } else {
+        drop::<Vec<LayerState>>(layers);
+        Vec::new()
+    };
     timings.lap("factors");
 
     // ---- 4. Compensation. ----
@@ -414,7 +439,7 @@ pub fn compress_model(
         timings: timings.entries,
         ..summary(&run, gate)
     };
-    Ok(Compressed { layers, report })
+    Ok(Compressed { layers, report, input_moments })
 }
 
 /// The report's summary fields (no layers, timings or seconds yet).

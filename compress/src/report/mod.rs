@@ -65,6 +65,13 @@ pub struct LayerReport {
     /// rank `r`. Kept up to one past the largest rank cheaper than dense (the tail is never used).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub spectrum: Vec<f64>,
+    /// Storage dtype of the layer's weight tensors in the written file (`F32`, `F16`, `BF16`,
+    /// `I8`); empty until the job stores the layer.
+    pub dtype: String,
+    /// With int8 weights: the relative layer-output error quantisation adds,
+    /// `tr(ΔŴ·C·ΔŴᵀ) / tr(Ŵ·C·Ŵᵀ)` over the dense model's input covariance `C` (`ΔŴ`: the
+    /// float weights minus the int8 ones; plain weight error `‖ΔŴ‖² / ‖Ŵ‖²` without calibration).
+    pub quant_error: Option<f64>,
 }
 
 /// The kind as the file's name for it (`dense`, `low_rank`, `low_rank_sparse`).
@@ -97,6 +104,8 @@ impl LayerReport {
             sensitivity: None,
             whitening_ridge: 0.0,
             spectrum: Vec::new(),
+            dtype: String::new(),
+            quant_error: None,
         }
     }
 

@@ -21,7 +21,7 @@ impl Report {
     pub fn table(&self) -> String {
         let opt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), sci);
         let mut s = format!(
-            "{:<22} {:>10} {:<15} {:>5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>4}\n",
+            "{:<22} {:>10} {:<15} {:>5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>4} {:>5} {:>9}\n",
             "layer",
             "shape",
             "kind",
@@ -33,7 +33,9 @@ impl Report {
             "err val",
             "comp fit",
             "comp val",
-            "kept"
+            "kept",
+            "dtype",
+            "quant err"
         );
         for l in &self.layers {
             let comp_fit = match (l.compensation_fit_before, l.compensation_fit_after) {
@@ -41,7 +43,7 @@ impl Report {
                 _ => "-".into(),
             };
             s.push_str(&format!(
-                "{:<22} {:>10} {:<15} {:>5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>4}\n",
+                "{:<22} {:>10} {:<15} {:>5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>4} {:>5} {:>9}\n",
                 l.name,
                 format!("{}x{}", l.out_features, l.in_features),
                 l.kind.name(),
@@ -57,7 +59,9 @@ impl Report {
                     Some(true) => "yes",
                     Some(false) => "no",
                     None => "-",
-                }
+                },
+                if l.dtype.is_empty() { "-" } else { l.dtype.as_str() },
+                opt(l.quant_error)
             ));
         }
         let (before, after, cost) = self.totals();

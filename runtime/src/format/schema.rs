@@ -3,7 +3,9 @@
 //!
 //! * a linear layer `L` (`blocks.{i}.attn.qkv`, `head`, ...) stores [`LinearTensors::of`]`(L)`:
 //!   `L.weight` (dense) or `L.u`, `L.v` (+ `L.sparse.row_ptr`, `L.sparse.col_idx`,
-//!   `L.sparse.values`), and optionally `L.bias`;
+//!   `L.sparse.values`), and optionally `L.bias`; an I8 weight tensor `T` comes with its F32
+//!   channel scales [`LinearTensors::scale_of`]`(T)` (`L.weight_scale`, `L.u_scale`,
+//!   `L.v_scale`, `L.sparse.values_scale`);
 //! * a LayerNorm `N` stores [`NormTensors::of`]`(N)`: `N.weight`, `N.bias`;
 //! * block `i` holds [`BlockTensors::of`]`(i)`: two norms, two LayerScale vectors and the four
 //!   [`BlockLinear`]s;
@@ -134,6 +136,17 @@ pub mod suffix {
     pub const SPARSE_COL_IDX: &str = "sparse.col_idx";
     /// `L.sparse.values`: CSR values of the sparse term.
     pub const SPARSE_VALUES: &str = "sparse.values";
+    /// `L.weight_scale`: per-output-row F32 scales of an I8 `L.weight`.
+    pub const WEIGHT_SCALE: &str = "weight_scale";
+    /// `L.u_scale`: per-output-row F32 scales of an I8 `L.u` (optional: without it `U` has a
+    /// unit scale, its per-column scales folded into `L.v_scale`).
+    pub const U_SCALE: &str = "u_scale";
+    /// `L.v_scale`: per-row (per rank index) F32 scales of an I8 `L.v`.
+    pub const V_SCALE: &str = "v_scale";
+    /// `L.sparse.values_scale`: per-output-row F32 scales of I8 `L.sparse.values`.
+    pub const SPARSE_VALUES_SCALE: &str = "sparse.values_scale";
+    /// The scale tensors of I8 weights, in the order of the tensors they scale.
+    pub const SCALES: [&str; 4] = [WEIGHT_SCALE, U_SCALE, V_SCALE, SPARSE_VALUES_SCALE];
     /// The tensors that store a linear layer's weight in any kind (dense, factors, sparse
     /// term), i.e. every suffix but [`BIAS`].
     pub const WEIGHT_TENSORS: [&str; 6] = [WEIGHT, U, V, SPARSE_ROW_PTR, SPARSE_COL_IDX, SPARSE_VALUES];
@@ -157,6 +170,14 @@ pub struct LinearTensors {
     pub sparse_col_idx: String,
     /// `L.sparse.values [nnz]`.
     pub sparse_values: String,
+    /// `L.weight_scale [m]` (F32, with an I8 `weight`).
+    pub weight_scale: String,
+    /// `L.u_scale [m]` (F32, optional with an I8 `u`).
+    pub u_scale: String,
+    /// `L.v_scale [r]` (F32, with an I8 `v`).
+    pub v_scale: String,
+    /// `L.sparse.values_scale [m]` (F32, with I8 `sparse.values`).
+    pub sparse_values_scale: String,
 }
 
 impl LinearTensors {
@@ -171,7 +192,25 @@ impl LinearTensors {
             sparse_row_ptr: format!("{layer}.{SPARSE_ROW_PTR}"),
             sparse_col_idx: format!("{layer}.{SPARSE_COL_IDX}"),
             sparse_values: format!("{layer}.{SPARSE_VALUES}"),
+            weight_scale: format!("{layer}.{WEIGHT_SCALE}"),
+            u_scale: format!("{layer}.{U_SCALE}"),
+            v_scale: format!("{layer}.{V_SCALE}"),
+            sparse_values_scale: format!("{layer}.{SPARSE_VALUES_SCALE}"),
         }
+    }
+
+    /// The name of the scale tensor of weight tensor `tensor` (one of `weight`, `u`, `v`,
+    /// `sparse_values` of this layer), `None` for any other name.
+    pub fn scale_of(&self, tensor: &str) -> Option<&str> {
+        [
+            (&self.weight, &self.weight_scale),
+            (&self.u, &self.u_scale),
+            (&self.v, &self.v_scale),
+            (&self.sparse_values, &self.sparse_values_scale),
+        ]
+        .into_iter()
+        .find(|(t, _)| t.as_str() == tensor)
+        .map(|(_, s)| s.as_str())
     }
 
     /// The tensors of a dense layer: `[weight, bias]`.
@@ -367,6 +406,11 @@ mod tests {
         );
         assert_eq!(t.dense(), ["head.weight", "head.bias"]);
         assert_eq!(NormTensors::of(FINAL_NORM).weight_and_bias(), ["norm.weight", "norm.bias"]);
+        let scales = suffix::SCALES.map(|s| format!("{HEAD}.{s}"));
+        assert_eq!(scales, [&t.weight_scale, &t.u_scale, &t.v_scale, &t.sparse_values_scale].map(String::clone));
+        assert_eq!(t.scale_of(&t.u), Some("head.u_scale"));
+        assert_eq!(t.scale_of(&t.sparse_values), Some("head.sparse.values_scale"));
+        assert_eq!(t.scale_of(&t.bias), None);
     }
 
     #[test]

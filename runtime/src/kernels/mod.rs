@@ -1,4 +1,4 @@
-//! Numeric kernels: GEMM with f32/f16/bf16 weights, sparse CSR add, LayerNorm, softmax, GELU.
+//! Numeric kernels: GEMM with f32/f16/bf16/int8 weights, sparse CSR add, LayerNorm, softmax, GELU.
 //!
 //! One dispatch point (the kernel table of a [`Backend`], see `backend.rs`) selects per-ISA
 //! implementations: `x86` (AVX2 + FMA + F16C, detected at run time and cached), `aarch64` (NEON)
@@ -36,6 +36,8 @@ mod driver;
 #[cfg(feature = "std")]
 pub mod peak;
 mod problem;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod quant;
 pub mod scalar;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod simd;
@@ -45,7 +47,7 @@ mod x86;
 
 pub use backend::Backend;
 pub use problem::Scratch;
-pub use types::{BLayout, Csr, Epilogue, Gemm, MatB, Rows, RowsMut, SparseIndices, WeightSlice};
+pub use types::{BLayout, Csr, Epilogue, Gemm, MatB, QuantI8, Rows, RowsMut, SparseIndices, WeightSlice};
 
 pub(crate) use problem::Problem;
 
@@ -132,6 +134,7 @@ pub fn gemm_parallel(backend: Backend, exec: &Exec, scratch: &mut [Scratch], g: 
 pub fn sparse_add(backend: Backend, s: Csr<'_>, x: Rows<'_>, y: RowsMut<'_>, xt: &mut [f32]) {
     assert_eq!(x.rows(), y.rows(), "sparse_add: X and Y differ in rows");
     assert_eq!(y.cols(), s.rows(), "sparse_add: Y columns differ from the rows of S");
+    assert!(s.values.covers_channels(s.rows()), "sparse_add: fewer int8 scales than rows of S");
     backend.kernels().sparse_add(s, x, y, xt)
 }
 

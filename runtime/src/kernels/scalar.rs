@@ -2,6 +2,7 @@
 //! without SIMD support (Cortex-M).
 
 use super::backend::Kernels;
+use super::types::QuantI8;
 use super::{BLayout, Csr, Epilogue, Gemm, MatB, Problem, Rows, RowsMut, WeightSlice};
 
 /// The portable kernel table: every entry is the default of [`Kernels`], i.e. a kernel of this
@@ -91,6 +92,12 @@ impl Weight for half::f16 {
         self.to_f32()
     }
 }
+impl Weight for i8 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        f32::from(self)
+    }
+}
 impl Weight for half::bf16 {
     #[inline(always)]
     fn f32(self) -> f32 {
@@ -119,13 +126,16 @@ pub fn gemm(g: Gemm<'_, '_>) {
 /// The invariants of [`Problem`] hold for `p`.
 pub(crate) unsafe fn gemm_problem(p: &Problem<'_>) {
     match p.b.data {
-        WeightSlice::F32(w) => gemm_typed(p, w),
-        WeightSlice::F16(w) => gemm_typed(p, w),
-        WeightSlice::BF16(w) => gemm_typed(p, w),
+        WeightSlice::F32(w) => gemm_typed(p, w, None),
+        WeightSlice::F16(w) => gemm_typed(p, w, None),
+        WeightSlice::BF16(w) => gemm_typed(p, w, None),
+        WeightSlice::I8(q) => gemm_typed(p, q.values, Some(q)),
     }
 }
 
-fn gemm_typed<W: Weight>(p: &Problem<'_>, w: &[W]) {
+/// `quant`: the scales of int8 weights `w`, applied to each finished dot product (output
+/// column `j` of the problem is channel `p.j0 + j`).
+fn gemm_typed<W: Weight>(p: &Problem<'_>, w: &[W], quant: Option<QuantI8<'_>>) {
     let (m, n, k) = (p.m, p.n, p.k);
     let ep = Epilogue { bias: p.bias, gelu: p.gelu, accumulate: p.accumulate, scale: p.scale };
     let mut i0 = 0;
@@ -147,7 +157,11 @@ fn gemm_typed<W: Weight>(p: &Problem<'_>, w: &[W]) {
                 // exists while this one is alive.
                 let crow = unsafe { core::slice::from_raw_parts_mut(p.c.add((i0 + i) * p.ldc + j0), c) };
                 for (jj, cv) in crow.iter_mut().enumerate() {
-                    finish(acc_row[jj], j0 + jj, &ep, cv);
+                    let v = match quant {
+                        Some(q) => acc_row[jj] * q.scale(p.j0 + j0 + jj),
+                        None => acc_row[jj],
+                    };
+                    finish(v, j0 + jj, &ep, cv);
                 }
             }
             j0 += c;
@@ -236,6 +250,10 @@ pub fn sparse_add(s: Csr<'_>, x: Rows<'_>, y: RowsMut<'_>) {
             let mut acc = 0.0f32;
             for q in s..e {
                 acc += values.get(q) * xr[col_idx.get(q)];
+            }
+            // Int8 values: the row's scale applies to the whole dot product.
+            if let WeightSlice::I8(qv) = values {
+                acc *= qv.scale(j);
             }
             *yv += acc;
         }

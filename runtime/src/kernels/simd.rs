@@ -471,6 +471,10 @@ macro_rules! simd_arch {
                         (WeightSlice::F32(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
                         (WeightSlice::F16(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
                         (WeightSlice::BF16(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
+                        // `dst` is valid for `kc * NR` writes (contract).
+                        (WeightSlice::I8(q), _) => {
+                            super::quant::pack(b, q, pc, kc, col, cols, core::slice::from_raw_parts_mut(dst, kc * NR))
+                        }
                     }
                 }
             }
@@ -508,6 +512,8 @@ macro_rules! simd_arch {
                         WeightSlice::F32(w) => gemv_nk(p, w.as_ptr()),
                         WeightSlice::F16(w) => gemv_nk(p, w.as_ptr()),
                         WeightSlice::BF16(w) => gemv_nk(p, w.as_ptr()),
+                        // Int8 rows: the scalar kernel (one dot product per output, then its scale).
+                        WeightSlice::I8(_) => super::scalar::gemm_problem(p),
                     }
                 }
             }
@@ -528,6 +534,10 @@ macro_rules! simd_kernels {
             }
 
             fn sparse_add(&self, s: Csr<'_>, x: Rows<'_>, y: RowsMut<'_>, xt: &mut [f32]) {
+                if let WeightSlice::I8(_) = s.values {
+                    // Int8 values with row scales: the scalar kernel.
+                    return super::scalar::sparse_add(s, x, y);
+                }
                 sparse_add(*self, s, x, y, xt)
             }
 
@@ -614,6 +624,8 @@ macro_rules! with_typed_values {
                 let $csr = TypedCsr { row_ptr: $row_ptr, col_idx: $col_idx, values, n: $n };
                 $body
             }
+            // Int8 values never get here: the kernel table sends them to the scalar kernel.
+            WeightSlice::I8(_) => {}
         }
     };
 }

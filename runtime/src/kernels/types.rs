@@ -12,6 +12,30 @@ pub enum WeightSlice<'a> {
     F16(&'a [f16]),
     /// bfloat16.
     BF16(&'a [bf16]),
+    /// Signed 8-bit integers with one f32 scale per output channel (see [`QuantI8`]).
+    I8(QuantI8<'a>),
+}
+
+/// Int8 weights: element `i` of output channel `c` stands for `values[i] · scales[c]`.
+///
+/// The channel of an element is the output it contributes to: row `j` of a weight `[n, k]`
+/// (the GEMM's output column `j`, in either [`BLayout`]), row `j` of a CSR matrix. Without
+/// `scales` the values are used as they are (a unit scale; the low-rank `U` whose per-column
+/// scales were folded into `V`'s row scales, `docs/FORMAT.md`).
+#[derive(Clone, Copy, Debug)]
+pub struct QuantI8<'a> {
+    /// The quantised values.
+    pub values: &'a [i8],
+    /// One scale per output channel, or `None` for a unit scale.
+    pub scales: Option<&'a [f32]>,
+}
+
+impl QuantI8<'_> {
+    /// The scale of output channel `channel` (1 without scales).
+    #[inline(always)]
+    pub fn scale(&self, channel: usize) -> f32 {
+        self.scales.map_or(1.0, |s| s[channel])
+    }
 }
 
 impl WeightSlice<'_> {
@@ -21,18 +45,36 @@ impl WeightSlice<'_> {
             WeightSlice::F32(s) => s.len(),
             WeightSlice::F16(s) => s.len(),
             WeightSlice::BF16(s) => s.len(),
+            WeightSlice::I8(q) => q.values.len(),
         }
     }
     /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Element `i` as f32 (slow path for references and tests).
+    /// Element `i` as f32 (slow path for references and tests). For [`WeightSlice::I8`] this
+    /// is the unscaled integer: use [`WeightSlice::value`] for the weight it stands for.
     pub fn get(&self, i: usize) -> f32 {
         match self {
             WeightSlice::F32(s) => s[i],
             WeightSlice::F16(s) => s[i].to_f32(),
             WeightSlice::BF16(s) => s[i].to_f32(),
+            WeightSlice::I8(q) => f32::from(q.values[i]),
+        }
+    }
+    /// Element `i`, which belongs to output channel `channel`, as the f32 weight it stands for
+    /// (the channel only matters for [`WeightSlice::I8`], whose scale it selects).
+    pub fn value(&self, i: usize, channel: usize) -> f32 {
+        match self {
+            WeightSlice::I8(q) => f32::from(q.values[i]) * q.scale(channel),
+            _ => self.get(i),
+        }
+    }
+    /// Whether the scales (if any) cover `channels` output channels.
+    pub fn covers_channels(&self, channels: usize) -> bool {
+        match self {
+            WeightSlice::I8(QuantI8 { scales: Some(s), .. }) => s.len() >= channels,
+            _ => true,
         }
     }
     /// Bytes per element.
@@ -40,6 +82,7 @@ impl WeightSlice<'_> {
         match self {
             WeightSlice::F32(_) => 4,
             WeightSlice::F16(_) | WeightSlice::BF16(_) => 2,
+            WeightSlice::I8(_) => 1,
         }
     }
 }
@@ -73,17 +116,21 @@ impl<'a> MatB<'a> {
     pub fn weight(data: WeightSlice<'a>, n: usize, k: usize) -> MatB<'a> {
         MatB { data, k, n, layout: BLayout::NK, ld: k }
     }
-    /// Logical element `(p, j)` as f32.
+    /// Logical element `(p, j)` as f32 (int8 values times the scale of output channel `j`).
     pub fn at(&self, p: usize, j: usize) -> f32 {
         match self.layout {
-            BLayout::NK => self.data.get(j * self.ld + p),
-            BLayout::KN => self.data.get(p * self.ld + j),
+            BLayout::NK => self.data.value(j * self.ld + p, j),
+            BLayout::KN => self.data.value(p * self.ld + j, j),
         }
     }
-    /// Whether `data` is large enough for the declared shape and stride.
+    /// Whether `data` (and, for int8, its scales: one per output column) is large enough for
+    /// the declared shape and stride.
     pub fn is_valid(&self) -> bool {
         if self.k == 0 || self.n == 0 {
             return true;
+        }
+        if !self.data.covers_channels(self.n) {
+            return false;
         }
         let (rows, cols) = match self.layout {
             BLayout::NK => (self.n, self.k),
@@ -170,7 +217,8 @@ impl SparseIndices<'_> {
     }
 }
 
-/// A CSR matrix `S` (`rows × n`, one row per output) with f32/f16/bf16 values.
+/// A CSR matrix `S` (`rows × n`, one row per output) with f32/f16/bf16 values, or int8 values
+/// with one scale per row.
 ///
 /// `rows = row_ptr.len() - 1`; `n` is taken as one more than the largest column index. The
 /// kernels expect validated slices (the session checks them when the model is loaded);

@@ -72,23 +72,23 @@ impl Model<'_> {
             LinearRepr::Dense(t) => {
                 let s = self.store.weights(t);
                 for (i, x) in w.iter_mut().enumerate() {
-                    *x = s.get(i);
+                    *x = s.value(i, i / n.max(1));
                 }
             }
             LinearRepr::Factored { u, v, rank, .. } => {
                 let (u, v) = (self.store.weights(u), self.store.weights(v));
                 for i in 0..m {
                     for p in 0..*rank {
-                        let uip = u.get(i * rank + p);
+                        let uip = u.value(i * rank + p, i);
                         for j in 0..n {
-                            w[i * n + j] += uip * v.get(p * n + j);
+                            w[i * n + j] += uip * v.value(p * n + j, p);
                         }
                     }
                 }
                 if let Some((rp, ci, vals)) = self.sparse_term(layer) {
                     for i in 0..m {
                         for q in rp[i] as usize..rp[i + 1] as usize {
-                            w[i * n + ci.get(q)] += vals.get(q);
+                            w[i * n + ci.get(q)] += vals.value(q, i);
                         }
                     }
                 }

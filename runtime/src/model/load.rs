@@ -393,6 +393,48 @@ impl<'c> Loader<'c, '_> {
         Ok(())
     }
 
+    /// A linear layer's weight tensor `t` (`weight`, `u`, `v` or `sparse.values`): a float
+    /// matrix, or I8 with its F32 scales `scale_name` of shape `[channels]`, every one finite
+    /// and positive. The scales are required unless `scale_optional` (`u`: a unit scale).
+    fn weight(
+        &mut self,
+        t: &TensorInfo,
+        scale_name: &str,
+        channels: usize,
+        scale_optional: bool,
+    ) -> Result<TensorPlace> {
+        match t.dtype {
+            DType::F32 | DType::F16 | DType::BF16 => return self.place_index(t),
+            DType::I8 => {}
+            other => {
+                return Err(Error::Dtype {
+                    tensor: t.name.clone(),
+                    found: other.name().to_string(),
+                    expected: "F32, F16, BF16 or I8",
+                })
+            }
+        }
+        let mut place = self.place_index(t)?;
+        let s = match self.optional(scale_name) {
+            Some(s) => s,
+            None if scale_optional => return Ok(place),
+            None => return Err(Error::MissingTensor(scale_name.to_string())),
+        };
+        if s.dtype != DType::F32 {
+            return Err(Error::Dtype { tensor: s.name.clone(), found: s.dtype.name().to_string(), expected: "F32" });
+        }
+        expect_shape(s, &[channels])?;
+        let sp = self.place_index(s)?;
+        let scales = self.store.weights(&sp);
+        if let Some((channel, value)) =
+            (0..scales.len()).map(|i| (i, scales.get(i))).find(|&(_, v)| !(v.is_finite() && v > 0.0))
+        {
+            return Err(Error::Scale { tensor: s.name.clone(), channel, value });
+        }
+        place.scales = Some((sp.place, channels));
+        Ok(place)
+    }
+
     fn matrix(&mut self, t: &TensorInfo) -> Result<TensorPlace> {
         Self::check_float(t)?;
         self.place_index(t)
@@ -452,7 +494,7 @@ impl<'c> Loader<'c, '_> {
             Some(LinearKind::Dense) => {
                 let w = self.require(&names.weight)?;
                 expect_shape(w, &[m, n])?;
-                LinearRepr::Dense(self.matrix(w)?)
+                LinearRepr::Dense(self.weight(w, &names.weight_scale, m, false)?)
             }
             Some(kind @ (LinearKind::LowRank | LinearKind::LowRankSparse)) => {
                 let u = self.require(&names.u)?;
@@ -481,7 +523,8 @@ impl<'c> Loader<'c, '_> {
                 expect_shape(u, &[m, rank])?;
                 let v = self.require(&names.v)?;
                 expect_shape(v, &[rank, n])?;
-                let (u, v) = (self.matrix(u)?, self.matrix(v)?);
+                let u = self.weight(u, &names.u_scale, m, true)?;
+                let v = self.weight(v, &names.v_scale, rank, false)?;
                 let sparse = if kind.has_sparse() {
                     Some(self.sparse(&names, name, m, n, declared(layer_table_keys::NNZ))?)
                 } else {
@@ -521,7 +564,6 @@ impl<'c> Loader<'c, '_> {
             });
         }
         let vals = self.require(&names.sparse_values)?;
-        Self::check_float(vals)?;
         let nnz = vals.numel();
         if ci.shape != [nnz] || vals.shape != [nnz] {
             return Err(Error::Sparse {
@@ -536,7 +578,7 @@ impl<'c> Loader<'c, '_> {
         }
         let row_ptr = self.place_index(rp)?;
         let col_idx = self.place_index(ci)?;
-        let values = self.matrix(vals)?;
+        let values = self.weight(vals, &names.sparse_values_scale, m, false)?;
         validate_csr(m, n, self.store.u32s(&row_ptr), self.store.indices(&col_idx), nnz)
             .map_err(|reason| Error::Sparse { layer: name.to_string(), reason })?;
         Ok(Sparse { row_ptr, col_idx, values })

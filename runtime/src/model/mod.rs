@@ -34,6 +34,9 @@ pub(crate) struct Sparse {
     pub(crate) values: TensorPlace,
 }
 
+// One per layer, built at load: the size difference (a factored layer holds five tensor
+// handles) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub(crate) enum LinearRepr {
     Dense(TensorPlace),

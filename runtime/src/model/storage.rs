@@ -7,7 +7,7 @@
 use alloc::vec::Vec;
 use half::{bf16, f16};
 
-use crate::kernels::{SparseIndices, WeightSlice};
+use crate::kernels::{QuantI8, SparseIndices, WeightSlice};
 use crate::safetensors::DType;
 
 /// The bytes of a model file.
@@ -78,18 +78,20 @@ pub(crate) enum Place {
     Owned(usize),
 }
 
-/// A handle to a stored tensor: dtype, element count and location.
+/// A handle to a stored tensor: dtype, element count and location; for an I8 weight also the
+/// location and length of its F32 channel scales (`None`: unit scale).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TensorPlace {
     pub(crate) dtype: DType,
     pub(crate) len: usize,
     pub(crate) place: Place,
+    pub(crate) scales: Option<(Place, usize)>,
 }
 
 impl TensorPlace {
-    /// Bytes occupied by the elements.
+    /// Bytes occupied by the elements (and the scales of an I8 weight).
     pub(crate) fn bytes(&self) -> usize {
-        self.len * self.dtype.size()
+        self.len * self.dtype.size() + self.scales.map_or(0, |(_, n)| n * 4)
     }
 }
 
@@ -115,7 +117,7 @@ impl<'a> TensorStore<'a> {
         let len = (end - start) / dtype.size();
         let bytes = self.storage.bytes().get(start..end)?;
         if (bytes.as_ptr() as usize) % dtype.size() == 0 {
-            return Some(TensorPlace { dtype, len, place: Place::File { start, end } });
+            return Some(TensorPlace { dtype, len, place: Place::File { start, end }, scales: None });
         }
         let copy = OwnedTensor::from_le_bytes(dtype, bytes)?;
         Some(self.push_owned(copy))
@@ -130,7 +132,7 @@ impl<'a> TensorStore<'a> {
             OwnedTensor::U32(v) => (DType::U32, v.len()),
         };
         self.owned.push(t);
-        TensorPlace { dtype, len, place: Place::Owned(self.owned.len() - 1) }
+        TensorPlace { dtype, len, place: Place::Owned(self.owned.len() - 1), scales: None }
     }
 
     fn file_bytes(&self, start: usize, end: usize) -> &[u8] {
@@ -148,6 +150,10 @@ impl<'a> TensorStore<'a> {
                     DType::F32 => WeightSlice::F32(bytemuck::cast_slice(b)),
                     DType::F16 => WeightSlice::F16(bytemuck::cast_slice(b)),
                     DType::BF16 => WeightSlice::BF16(bytemuck::cast_slice(b)),
+                    DType::I8 => WeightSlice::I8(QuantI8 {
+                        values: bytemuck::cast_slice(b),
+                        scales: t.scales.map(|(place, len)| self.f32s(place, len)),
+                    }),
                     other => unreachable!("float tensor with dtype {other:?}"),
                 }
             }
@@ -158,6 +164,18 @@ impl<'a> TensorStore<'a> {
                 _ => unreachable!("float tensor stored as integers"),
             },
         }
+    }
+
+    /// The `len` f32 values at `place` (the scales of an I8 weight, placed as F32).
+    fn f32s(&self, place: Place, len: usize) -> &[f32] {
+        let all: &[f32] = match place {
+            Place::File { start, end } => bytemuck::cast_slice(self.file_bytes(start, end)),
+            Place::Owned(i) => match &self.owned[i] {
+                OwnedTensor::F32(v) => v,
+                _ => unreachable!("scales stored with another type"),
+            },
+        };
+        &all[..len]
     }
 
     /// A U32 tensor.
