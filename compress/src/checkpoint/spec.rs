@@ -384,7 +384,8 @@ impl ModelSpec {
         t.to_f32().map_err(|e| e.for_tensor(name))
     }
 
-    /// Converts every float tensor to `dtype` (F32, F16 or BF16), rounding to nearest even.
+    /// Converts every float tensor to `dtype` (F32, F16 or BF16), rounding to nearest even,
+    /// except the F32 channel scales of int8 weights (`L.weight_scale`, ...), which stay F32.
     /// All-or-nothing: fails without changing anything when `dtype` is not a float type or a
     /// finite value would overflow (F16 tops out at 65504).
     pub fn cast_floats(&mut self, dtype: DType) -> Result<(), SpecError> {
@@ -397,7 +398,8 @@ impl ModelSpec {
         }
         let mut converted = Vec::new();
         for (name, t) in &self.tensors {
-            if t.is_float() && t.dtype != dtype {
+            let is_scale = schema::suffix::SCALES.iter().any(|sfx| name.ends_with(&format!(".{sfx}")));
+            if t.is_float() && t.dtype != dtype && !is_scale {
                 converted.push((name.clone(), t.cast(dtype).map_err(|e| e.for_tensor(name))?));
             }
         }
