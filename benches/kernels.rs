@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkGroup, Criterion, Throughput};
 use factorvit::kernels::{
-    self, gemm, gemm_parallel, BLayout, Backend, Epilogue, Gemm, MatB, Rows, RowsMut, Scratch, WeightSlice,
+    self, gemm, gemm_parallel, BLayout, Backend, Epilogue, Gemm, MatB, QuantI8, Rows, RowsMut, Scratch, WeightSlice,
 };
 use factorvit::parallel::Exec;
 use half::{bf16, f16};
@@ -42,21 +42,26 @@ fn configure(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
 }
 
-/// Dense linear 197×768 → 3072 (weight `[3072, 768]`), f32 / f16 / bf16, 1 and 2 threads.
+/// Dense linear 197×768 → 3072 (weight `[3072, 768]`), f32 / f16 / bf16 / int8, 1 and 2 threads.
 fn dense(c: &mut Criterion) {
     let backend = Backend::detect();
     let a = data(TOKENS * DIM, 1);
     let w = data(HIDDEN * DIM, 2);
     let w16: Vec<f16> = w.iter().map(|&x| f16::from_f32(x)).collect();
     let wb16: Vec<bf16> = w.iter().map(|&x| bf16::from_f32(x)).collect();
+    let wi8: Vec<i8> = w.iter().map(|&x| (x * 127.0).round().clamp(-127.0, 127.0) as i8).collect();
+    let si8 = vec![1.0f32 / 127.0; HIDDEN];
     let mut out = vec![0.0f32; TOKENS * HIDDEN];
     let mut scratch = Scratch::new(backend);
     let mut g = c.benchmark_group("dense_197x768x3072");
     configure(&mut g);
     g.throughput(Throughput::Elements(flops(TOKENS, HIDDEN, DIM)));
-    for (name, ws) in
-        [("f32", WeightSlice::F32(&w)), ("f16", WeightSlice::F16(&w16)), ("bf16", WeightSlice::BF16(&wb16))]
-    {
+    for (name, ws) in [
+        ("f32", WeightSlice::F32(&w)),
+        ("f16", WeightSlice::F16(&w16)),
+        ("bf16", WeightSlice::BF16(&wb16)),
+        ("i8", WeightSlice::I8(QuantI8 { values: &wi8, scales: Some(&si8) })),
+    ] {
         g.bench_function(name, |bch| {
             bch.iter(|| {
                 gemm(

@@ -601,6 +601,33 @@ fn without_checksums(bytes: &[u8]) -> Option<Vec<u8>> {
     })
 }
 
+/// Int8 seeds: every block linear int8 with F32 channel scales, the rest as the variant stores
+/// it — low-rank factors with `U`'s column scales folded into `V` (no `u_scale`), and dense +
+/// low-rank + sparse layers with row scales of `U` and of the sparse values.
+fn int8_seeds() -> Vec<(&'static str, ModelSpec)> {
+    use factorvit_compress::method::quantise::{quantise_blocks, QuantOptions, UScales};
+    let quantised = |variant_name: &str, u_scales: UScales| {
+        let mut spec = variant(variant_name);
+        quantise_blocks(&mut spec, &[], &QuantOptions { u_scales, ..QuantOptions::default() }).unwrap();
+        spec.validate().unwrap();
+        spec
+    };
+    vec![
+        ("int8-folded-lowrank-avgpool", quantised("lowrank-f32-avgpool-fcnorm", UScales::Column)),
+        ("int8-rowscale-sparse-mixed-kinds", quantised("sparse-u16-f16-mixed-kinds", UScales::Row)),
+    ]
+}
+
+#[test]
+fn int8_seeds_store_int8_with_their_scales() {
+    for (name, spec) in int8_seeds() {
+        let i8s = spec.tensors.values().filter(|t| t.dtype == DType::I8).count();
+        let scales = spec.tensors.keys().filter(|k| k.contains("_scale")).count();
+        assert!(i8s > 0 && scales > 0, "{name}: {i8s} int8 tensors, {scales} scales");
+        check_fvit(name, &writer::to_bytes(&spec).unwrap());
+    }
+}
+
 /// Loads a factorvit file and runs it once (what the fuzz targets do with a valid input).
 fn check_fvit(name: &str, bytes: &[u8]) {
     let model = Model::from_bytes(bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -627,21 +654,27 @@ fn write_seed(target: &str, name: &str, bytes: &[u8]) {
 #[test]
 #[ignore = "writes fuzz/seeds; run after a format or writer change"]
 fn write_fuzz_seeds() {
-    for v in variants() {
-        let bytes = writer::to_bytes(&build(&v)).unwrap_or_else(|e| panic!("{}: {e}", v.name));
-        check_fvit(v.name, &bytes);
+    let emit = |name: &str, spec: &ModelSpec| {
+        let bytes = writer::to_bytes(spec).unwrap_or_else(|e| panic!("{name}: {e}"));
+        check_fvit(name, &bytes);
         for target in FVIT_TARGETS {
-            write_seed(target, &format!("{}.fvit", v.name), &bytes);
+            write_seed(target, &format!("{name}.fvit"), &bytes);
         }
-        println!("{:>6} bytes  {}.fvit", bytes.len(), v.name);
+        println!("{:>6} bytes  {name}.fvit", bytes.len());
         // The same file without its checksums: the fuzzer's mutations of the metadata and the
         // tensor bytes of these reach the validation behind the checksum pass.
         if let Some(plain) = without_checksums(&bytes) {
-            check_fvit(v.name, &plain);
+            check_fvit(name, &plain);
             for target in FVIT_TARGETS.into_iter().filter(|&t| t != "safetensors_header") {
-                write_seed(target, &format!("{}.nocrc.fvit", v.name), &plain);
+                write_seed(target, &format!("{name}.nocrc.fvit"), &plain);
             }
         }
+    };
+    for v in variants() {
+        emit(v.name, &build(&v));
+    }
+    for (name, spec) in int8_seeds() {
+        emit(name, &spec);
     }
     for (name, config, weights) in checkpoints() {
         let packed = pack(&config, &weights);

@@ -378,6 +378,61 @@ mod tests {
         assert!(aware.scales[0] < plain.scales[0], "{:?} vs {:?}", aware.scales, plain.scales);
     }
 
+    /// The writer round trip: a quantised spec validates, the runtime loads it, every layer's
+    /// effective weight is the dequantised one, and the logits stay close to the float model's.
+    #[test]
+    fn quantised_spec_round_trips_through_the_runtime() {
+        use crate::method::synthetic::{random_vit_spec, SyntheticVit};
+        use crate::writer;
+        let float = random_vit_spec(&SyntheticVit::micro(), 5).unwrap();
+        let mut spec = float.clone();
+        // One low-rank layer (folded U scales) and one low-rank + sparse layer (row scales).
+        let names = LinearTensors::of("blocks.0.mlp.fc1");
+        let (w, shape) = tensor_f32(&spec, &names.weight).unwrap();
+        let (m, n) = (shape[0], shape[1]);
+        spec.tensors.remove(&names.weight);
+        let r = 8;
+        let u: Vec<f32> = (0..m * r).map(|i| w[(i / r) * n + i % r]).collect();
+        let v: Vec<f32> = (0..r * n).map(|i| if i / n == i % n { 1.0 } else { 0.0 }).collect();
+        spec.tensors.insert(names.u.clone(), StoredTensor::from_f32(vec![m, r], &u).unwrap());
+        spec.tensors.insert(names.v.clone(), StoredTensor::from_f32(vec![r, n], &v).unwrap());
+        let row_ptr: Vec<u32> = (0..=m as u32).collect();
+        let cols: Vec<u32> = (0..m as u32).map(|j| j % n as u32).collect();
+        let vals: Vec<f32> = (0..m).map(|j| 0.01 * (j as f32 - 7.0)).collect();
+        spec.tensors.insert(names.sparse_row_ptr.clone(), StoredTensor::from_u32(vec![m + 1], &row_ptr).unwrap());
+        spec.tensors.insert(names.sparse_col_idx.clone(), StoredTensor::from_u32(vec![m], &cols).unwrap());
+        spec.tensors.insert(names.sparse_values.clone(), StoredTensor::from_f32(vec![m], &vals).unwrap());
+        let reference = spec.clone();
+        let errors = quantise_blocks(&mut spec, &[], &QuantOptions::default()).unwrap();
+        assert_eq!(errors.len(), 8);
+        for (name, e) in &errors {
+            // Rounding to 255 levels: a relative weight error around 1e-5, far below 1e-3.
+            let e = e.unwrap();
+            assert!(e > 0.0 && e < 1e-3, "{name}: {e}");
+        }
+        assert!(!spec.tensors.contains_key(&names.u_scale), "U's column scales are folded into V's");
+        assert_eq!(spec.tensors[&names.sparse_values].dtype, DType::I8);
+        let bytes = writer::to_bytes(&spec).unwrap();
+        let model = factorvit::Model::from_bytes(&bytes).unwrap();
+        let float_model = factorvit::Model::from_vec(writer::to_bytes(&reference).unwrap()).unwrap();
+        for (a, b) in model.linears().zip(float_model.linears()) {
+            let (wa, wb) = (model.effective_weight(a), float_model.effective_weight(b));
+            let num: f64 = wa.iter().zip(&wb).map(|(x, y)| f64::from(x - y).powi(2)).sum();
+            let den: f64 = wb.iter().map(|y| f64::from(*y).powi(2)).sum();
+            assert!(num / den < 1e-3, "{}: {}", a.name(), num / den);
+        }
+        let pixels: Vec<f32> = (0..28 * 28).map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5).collect();
+        let run = |m: &factorvit::Model<'_>| {
+            let mut session = m.session(Default::default()).unwrap();
+            session.run(&pixels).unwrap().logits.unwrap().to_vec()
+        };
+        let (lq, lf) = (run(&model), run(&float_model));
+        let diff = lq.iter().zip(&lf).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let scale = lf.iter().fold(0.0f32, |a, b| a.max(b.abs()));
+        // Weight errors of ~1e-5 (relative energy) move the logits by well under 5 %.
+        assert!(diff <= 0.05 * scale.max(1e-3), "logits differ by {diff} (scale {scale})");
+    }
+
     #[test]
     fn balancing_keeps_the_product() {
         let (m, r, n) = (3, 2, 4);
