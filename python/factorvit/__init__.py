@@ -111,7 +111,7 @@ def preprocess(images: Union[ImageLike, Sequence[ImageLike]], model: Union[Model
 
 
 def load_safetensors(path: PathLike) -> Dict[str, np.ndarray]:
-    """Reads every tensor of a safetensors file: floats (F32, F16, BF16, F64) as float32 arrays,
+    """Reads every tensor of a safetensors file: F64 as float64 arrays, the other floats (F32, F16, BF16) as float32 arrays,
     integers and booleans as int64 arrays. Raises :class:`FormatError` for a malformed file."""
     return _native.load_safetensors(path)
 

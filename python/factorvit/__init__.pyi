@@ -160,7 +160,7 @@ def evaluate(
     pooled_cosine (those that apply)."""
 
 def load_safetensors(path: PathLike) -> Dict[str, np.ndarray]:
-    """Every tensor of a safetensors file (floats as float32, integers as int64)."""
+    """Every tensor of a safetensors file (F64 as float64, other floats as float32, integers as int64)."""
 
 def save_pixel_values(path: PathLike, pixel_values: npt.NDArray[np.float32]) -> None:
     """Writes ``pixel_values`` ``(N, C, H, W)`` as a safetensors file."""

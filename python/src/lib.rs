@@ -474,13 +474,19 @@ impl PySession {
         };
         let d = PyDict::new(py);
         if self.classifier {
-            d.set_item("logits", Array2::from_shape_vec((n, out.classes), out.logits).map_err(shape_err)?.into_pyarray(py))?;
+            d.set_item(
+                "logits",
+                Array2::from_shape_vec((n, out.classes), out.logits).map_err(shape_err)?.into_pyarray(py),
+            )?;
         }
         d.set_item(
             "last_hidden_state",
             Array3::from_shape_vec((n, out.tokens, out.dim), out.hidden).map_err(shape_err)?.into_pyarray(py),
         )?;
-        d.set_item("pooler_output", Array2::from_shape_vec((n, out.dim), out.pooled).map_err(shape_err)?.into_pyarray(py))?;
+        d.set_item(
+            "pooler_output",
+            Array2::from_shape_vec((n, out.dim), out.pooled).map_err(shape_err)?.into_pyarray(py),
+        )?;
         Ok(d)
     }
 

@@ -120,7 +120,8 @@ fn save_pixel_values(py: Python<'_>, path: PathBuf, pixel_values: &Bound<'_, PyA
             let shape = [n, c, h, w];
             let tensor = TensorRef { name: "pixel_values", dtype: DType::F32, shape: &shape, data: &bytes };
             let metadata = vec![("format".to_string(), "pt".to_string())];
-            let file = writer::safetensors_bytes(&[tensor], &metadata).map_err(|e| Failure::from_error(&e, Kind::Base))?;
+            let file =
+                writer::safetensors_bytes(&[tensor], &metadata).map_err(|e| Failure::from_error(&e, Kind::Base))?;
             writer::write_atomic(&path, &file)
                 .map_err(|e| Failure::new(Kind::Io, format!("cannot write {}: {e}", path.display())))
         })
@@ -137,8 +138,8 @@ fn check_pixels_any<'py>(
     check_pixels(py, array, channels, None)
 }
 
-/// Reads every tensor of a safetensors file: floats as float32 arrays, integers and booleans as
-/// int64 arrays.
+/// Reads every tensor of a safetensors file: F64 as float64 arrays, the other floats as float32
+/// arrays, integers and booleans as int64 arrays.
 #[pyfunction]
 fn load_safetensors<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
     let file = py
@@ -153,7 +154,11 @@ fn load_safetensors<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, 
     for (name, t) in &file.tensors {
         let shape = IxDyn(&t.shape);
         let bad = |e: &dyn std::fmt::Display| raise(py, Kind::Format, format!("tensor `{name}`: {e}"));
-        if t.is_float() {
+        if t.dtype == DType::F64 {
+            let values: Vec<f64> =
+                t.data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+            d.set_item(name, ArrayD::from_shape_vec(shape, values).map_err(|e| bad(&e))?.into_pyarray(py))?;
+        } else if t.is_float() {
             let values = t.to_f32().map_err(|e| bad(&e))?;
             d.set_item(name, ArrayD::from_shape_vec(shape, values).map_err(|e| bad(&e))?.into_pyarray(py))?;
         } else {
@@ -333,19 +338,14 @@ fn evaluate(
                 })?;
                 let values = l.to_vec().map_err(|e| raise(py, Kind::Layout, e.to_string()))?;
                 if values.len() != dims[0] {
-                    return Err(raise(
-                        py,
-                        Kind::Shape,
-                        format!("{} labels for {} images", values.len(), dims[0]),
-                    ));
+                    return Err(raise(py, Kind::Shape, format!("{} labels for {} images", values.len(), dims[0])));
                 }
                 let labels = values
                     .iter()
                     .enumerate()
                     .map(|(i, &v)| {
-                        u32::try_from(v).map_err(|_| {
-                            raise(py, Kind::Data, format!("label {v} of sample {i} is not a class index"))
-                        })
+                        u32::try_from(v)
+                            .map_err(|_| raise(py, Kind::Data, format!("label {v} of sample {i} is not a class index")))
                     })
                     .collect::<PyResult<Vec<u32>>>()?;
                 Some(labels)
@@ -356,9 +356,9 @@ fn evaluate(
         if labels.is_some_and(|l| !l.is_none()) {
             return Err(raise(py, Kind::Input, "labels= goes with in-memory pixel values; a dataset has its own"));
         }
-        let path = data.extract::<PathBuf>().map_err(|_| {
-            raise(py, Kind::Dtype, "data must be a dataset path or a float32 numpy array (N, C, H, W)")
-        })?;
+        let path = data
+            .extract::<PathBuf>()
+            .map_err(|_| raise(py, Kind::Dtype, "data must be a dataset path or a float32 numpy array (N, C, H, W)"))?;
         EvalData::Path(path)
     };
     let (m, r) = (Arc::clone(&model.model), reference.map(|r| Arc::clone(&r.model)));
@@ -401,8 +401,9 @@ fn evaluate(
             let options = RunOptions { batch, threads, keep_tokens: backbone };
             let size = [dataset.h, dataset.w];
             let run = |model: &factorvit::Model<'_>, what: &str| {
-                eval::run_model(model, &dataset.pixel_values, dataset.n, size, options, |_| {})
-                    .map_err(|e| Failure::new(Failure::from_error(&e, Kind::Base).kind, format!("cannot run {what}: {e}")))
+                eval::run_model(model, &dataset.pixel_values, dataset.n, size, options, |_| {}).map_err(|e| {
+                    Failure::new(Failure::from_error(&e, Kind::Base).kind, format!("cannot run {what}: {e}"))
+                })
             };
             let reference = match &r {
                 Some(r) => {

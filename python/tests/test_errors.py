@@ -87,7 +87,7 @@ def test_bad_session_options(tiny):
     with pytest.raises(factorvit.InputError):
         tiny.session(threads=1000)
     with pytest.raises(factorvit.MemoryLimitError):
-        tiny.session(threads=1, batch=1, image_size=(4096 * 4, 4096 * 4))
+        tiny.session(threads=1, batch=64, image_size=(8192, 8192))
 
 
 def test_bad_compress_arguments(tmp_path):
