@@ -32,6 +32,7 @@ fi
 # The interpreter pyo3's build script configures for: the same for clippy and maturin, so the
 # pyo3 crates are built once.
 export PYO3_PYTHON="$VENV/bin/python"
+export PATH="$VENV/bin:$PATH" # maturin, for pip's build backend
 
 step "rustfmt (python/)"
 (cd python && cargo fmt -- --check)

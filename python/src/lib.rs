@@ -47,7 +47,7 @@ impl Warnings {
         let category = py.get_type::<pyo3::exceptions::PyUserWarning>();
         for w in self.0 {
             let text = std::ffi::CString::new(w.replace('\0', " ")).unwrap_or_default();
-            PyErr::warn(py, &category, &text, 2)?;
+            PyErr::warn(py, &category, &text, 1)?;
         }
         Ok(())
     }

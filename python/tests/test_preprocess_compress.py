@@ -66,7 +66,7 @@ def test_compress_keep_04_agrees_with_dense(bundled_model, tmp_path):
     m = factorvit.evaluate(compressed, TEST_DATA, limit=300, reference=bundled_model)
     assert m["agreement"] >= 0.98, m
     # Runs like the dense model on the same inputs.
-    x = factorvit.preprocess(factorvit.load_safetensors(TEST_DATA)["images"].astype(np.uint8)[:8], compressed)
+    x = factorvit.preprocess(factorvit.load_safetensors(TEST_DATA)["images"].astype(np.uint8)[:8, ..., None], compressed)
     dense = bundled_model.session(threads=1, batch=8).run(x)["logits"]
     small = compressed.session(threads=1, batch=8).run(x)["logits"]
     assert small.shape == dense.shape and np.all(np.isfinite(small))
