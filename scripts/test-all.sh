@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the repository: formatting, lints, unit + fixture + end-to-end tests,
 # the no_std Cortex-M build, the aarch64 NEON tests under qemu, the C ABI, the firmware under
-# qemu-system-arm, a subset of the runtime's tests under Miri and a bounded fuzzing session.
+# qemu-system-arm, the Python package (build, install, pytest), a subset of the runtime's tests under
+# Miri and a bounded fuzzing session.
 # Installs what it needs first.
 #
 #   ./scripts/test-all.sh            # everything (what CI runs)
@@ -30,7 +31,7 @@ cargo test --workspace --release
 step "no_std build for Cortex-M (thumbv7em-none-eabihf)"
 cargo build -p factorvit --no-default-features --release --target thumbv7em-none-eabihf
 
-for extra in scripts/test-aarch64.sh scripts/test-ffi.sh scripts/test-firmware.sh scripts/miri.sh scripts/fuzz.sh; do
+for extra in scripts/test-aarch64.sh scripts/test-ffi.sh scripts/test-firmware.sh scripts/test-python.sh scripts/miri.sh scripts/fuzz.sh; do
   if [ -x "$extra" ]; then
     step "$extra"
     "./$extra"

@@ -70,7 +70,7 @@ pub fn evaluate(args: &Args, global: &Global) -> Result<Vec<Metrics>, CliError> 
     // Labels beyond the classifier's classes would silently count as wrong answers.
     let classes = model.config().num_classes;
     if let (Some(labels), false) = (&data.labels, backbone) {
-        if let Some((i, &l)) = labels.iter().enumerate().find(|&(_, &l)| l as usize >= classes) {
+        if let Some((i, l)) = eval::first_bad_label(labels, classes) {
             return Err(CliError::msg(format!(
                 "evaluation data {}: label {l} of sample {i} is not a class of the model (it has {classes} \
                  classes, labels 0..={})",
@@ -96,8 +96,7 @@ pub fn evaluate(args: &Args, global: &Global) -> Result<Vec<Metrics>, CliError> 
     let reference = match &args.reference {
         Some(p) => {
             let r = open_model(p, global)?;
-            if r.config().num_classes != model.config().num_classes || r.config().embed_dim != model.config().embed_dim
-            {
+            if !eval::same_outputs(&r, &model) {
                 return Err(CliError::msg(format!("the reference {} does not have the model's outputs", p.display())));
             }
             Some(run(&r, "reference")?)
@@ -108,9 +107,7 @@ pub fn evaluate(args: &Args, global: &Global) -> Result<Vec<Metrics>, CliError> 
     for (i, path) in args.model.iter().enumerate() {
         let m = if i == 0 { None } else { Some(open_model(path, global)?) };
         let m_ref = m.as_ref().unwrap_or(&model);
-        if m_ref.config().num_classes != model.config().num_classes
-            || m_ref.config().embed_dim != model.config().embed_dim
-        {
+        if !eval::same_outputs(m_ref, &model) {
             return Err(CliError::msg(format!(
                 "{} does not have the outputs of {}",
                 path.display(),

@@ -140,6 +140,19 @@ pub fn run_model(
     Ok(out)
 }
 
+/// The first label of `labels` that is not a class index of a classifier with `classes` outputs,
+/// as `(sample, label)`: such a label would silently count as a wrong answer. Front ends (the
+/// CLI's `eval`, the Python package) check the data with it before running anything.
+pub fn first_bad_label(labels: &[u32], classes: usize) -> Option<(usize, u32)> {
+    labels.iter().enumerate().find(|&(_, &l)| l as usize >= classes).map(|(i, &l)| (i, l))
+}
+
+/// Whether `a` and `b` have the same outputs (classes and feature width), i.e. whether one can be
+/// evaluated against the other as its reference.
+pub fn same_outputs(a: &Model<'_>, b: &Model<'_>) -> bool {
+    a.config().num_classes == b.config().num_classes && a.config().embed_dim == b.config().embed_dim
+}
+
 /// Evaluation metrics (fields absent where they do not apply).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Metrics {
@@ -241,5 +254,7 @@ mod tests {
         assert_eq!(argmax(&[0.1, 0.5, 0.5]), 1);
         assert!(in_top_k(&[0.1, 0.5, 0.4], 2, 2));
         assert!(!in_top_k(&[0.1, 0.5, 0.4], 0, 2));
+        assert_eq!(first_bad_label(&[0, 2, 1], 3), None);
+        assert_eq!(first_bad_label(&[0, 3, 4], 3), Some((1, 3)));
     }
 }
