@@ -347,8 +347,8 @@ FvStatus fv_session_output_shape(const struct FvSession *session,
 // `session` must be NULL or a live session handle; `out_report` NULL or valid for a write.
 FvStatus fv_session_memory(const struct FvSession *session, struct FvMemoryReport *out_report);
 
-// Sets `*out_name` to the name of the kernel family the session uses: `"avx2+fma+f16c"`,
-// `"neon"` or `"scalar"` (a static string).
+// Sets `*out_name` to the name of the kernel family the session uses: `"avx512f+fma+f16c"`,
+// `"avx2+fma+f16c"`, `"neon"` or `"scalar"` (a static string).
 //
 // # Safety
 // `session` must be NULL or a live session handle; `out_name` NULL or valid for a pointer

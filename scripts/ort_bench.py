@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Times ONNX Runtime (CPU) on an ONNX export, the speed peer of `factorvit bench`.
 
-    python3 scripts/ort_bench.py MODEL.onnx --threads 1 --runs 50 [--input in.safetensors] [--json]
+    python3 scripts/ort_bench.py MODEL.onnx --threads 1 --runs 50 [--min-time 2] [--input in.safetensors] [--json]
 
 Sequential execution, all graph optimisations on, intra-op threads as given, inter-op 1.
-Prints the median and p90 latency over --runs timed runs after --warmup runs.
+Prints the median and p90 latency over at least --runs timed runs and --min-time seconds after
+--warmup runs, and the process's peak RSS. The batch is the model's static input batch.
 """
-import argparse, json, statistics, sys, time
+import argparse, json, resource, statistics, sys, time
 
 import numpy as np
 import onnxruntime as ort
@@ -18,6 +19,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--min-time", type=float, default=0.0, help="seconds to keep measuring for at least")
     ap.add_argument("--input", help="safetensors with pixel_values (default: random)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -39,7 +41,8 @@ def main():
     for _ in range(a.warmup):
         sess.run(None, feed)
     times = []
-    for _ in range(a.runs):
+    start = time.perf_counter()
+    while len(times) < a.runs or time.perf_counter() - start < a.min_time:
         t0 = time.perf_counter()
         out = sess.run(None, feed)
         times.append((time.perf_counter() - t0) * 1e3)
@@ -47,7 +50,9 @@ def main():
     res = {
         "runtime": "onnxruntime " + ort.__version__,
         "threads": a.threads,
-        "runs": a.runs,
+        "runs": len(times),
+        "batch": int(x.shape[0]),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "median_ms": statistics.median(times),
         "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
         "min_ms": times[0],
@@ -56,7 +61,7 @@ def main():
     if a.json:
         print(json.dumps(res))
     else:
-        print(f"onnxruntime {ort.__version__}: {a.threads} thread(s): median {res['median_ms']:.2f} ms, p90 {res['p90_ms']:.2f} ms over {a.runs} runs")
+        print(f"onnxruntime {ort.__version__}: {a.threads} thread(s): median {res['median_ms']:.2f} ms, p90 {res['p90_ms']:.2f} ms over {len(times)} runs, peak RSS {res['peak_rss_bytes'] / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use factorvit::session::Op;
 use factorvit::{Model, SessionOptions};
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +50,21 @@ pub struct BenchReport {
     pub file_bytes: u64,
     /// Peak resident set size of the process (bytes), if the OS reports it.
     pub peak_rss_bytes: Option<u64>,
+    /// Time per op kind (with [`BenchOptions::profile`]), in run order, then `other` (the time
+    /// between ops).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<OpTime>>,
+}
+
+/// One row of a [`BenchReport::profile`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OpTime {
+    /// Op kind ([`Op::name`], or `other`).
+    pub op: String,
+    /// Milliseconds per run.
+    pub ms: f64,
+    /// Fraction of the run's wall time.
+    pub share: f64,
 }
 
 /// Options of [`bench_model`].
@@ -64,11 +80,13 @@ pub struct BenchOptions {
     pub min_time: Duration,
     /// Untimed warm-up runs.
     pub warmup: usize,
+    /// After the timed runs, profile as many more runs (at most 100) per op kind.
+    pub profile: bool,
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        BenchOptions { threads: 1, batch: 1, min_runs: 20, min_time: Duration::from_secs(3), warmup: 3 }
+        BenchOptions { threads: 1, batch: 1, min_runs: 20, min_time: Duration::from_secs(3), warmup: 3, profile: false }
     }
 }
 
@@ -110,6 +128,16 @@ pub fn bench_model(
             break;
         }
     }
+    let profile = if opts.profile {
+        session.set_profiling(true);
+        for _ in 0..times.len().min(100) {
+            session.run(&pixels)?;
+        }
+        session.set_profiling(false);
+        Some(op_times(session.profile()))
+    } else {
+        None
+    };
     times.sort_by(f64::total_cmp);
     let median = percentile(&times, 0.5);
     let mem = session.memory();
@@ -134,7 +162,19 @@ pub fn bench_model(
         weight_gbps: mem.weight_bytes as f64 / (median * 1e6),
         file_bytes,
         peak_rss_bytes: peak_rss_bytes(),
+        profile,
     })
+}
+
+/// The rows of a profile: every op kind in run order, then `other`.
+fn op_times(p: &factorvit::session::Profile) -> Vec<OpTime> {
+    let per_run = |ns: u64| if p.runs == 0 { 0.0 } else { ns as f64 / 1e6 / p.runs as f64 };
+    let share = |ns: u64| if p.total_ns == 0 { 0.0 } else { ns as f64 / p.total_ns as f64 };
+    Op::ALL
+        .iter()
+        .map(|&op| OpTime { op: op.name().to_string(), ms: p.ms_per_run(op), share: p.share(op) })
+        .chain(std::iter::once(OpTime { op: "other".into(), ms: per_run(p.other_ns()), share: share(p.other_ns()) }))
+        .collect()
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {

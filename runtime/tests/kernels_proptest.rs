@@ -763,5 +763,6 @@ fn a_simd_backend_is_compared_where_one_exists() {
     if cfg!(target_arch = "aarch64") {
         assert_eq!(simd, [Backend::Neon]);
     }
-    assert!(simd.len() <= 1);
+    // x86-64 with AVX-512 compares both the AVX2 and the AVX-512 backend.
+    assert!(simd.len() <= 2);
 }

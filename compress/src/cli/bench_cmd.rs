@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use factorvit_compress::bench::{bench_model, BenchOptions, BenchReport};
+use factorvit_compress::bench::{bench_model, BenchOptions, BenchReport, OpTime};
 use factorvit_compress::report::units::{human_bytes, mib, thousands};
 
 use super::model::open_model;
@@ -59,6 +59,10 @@ pub struct Args {
     /// Print one JSON object instead of tables
     #[arg(long)]
     json: bool,
+    /// Also profile the runs per op kind (patch embed, norms, qkv, attention scores, softmax,
+    /// attention x V, proj, fc1+GELU, fc2, head): time per run and share (in --json too)
+    #[arg(long)]
+    profile: bool,
     /// Internal: measure in this process and print one JSON report
     #[arg(long, hide = true)]
     child: bool,
@@ -71,6 +75,7 @@ pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
         min_runs: args.runs,
         min_time: Duration::from_secs_f64(args.min_time),
         warmup: 3,
+        profile: args.profile,
     };
     if args.child {
         let threads = args.threads.first().copied().unwrap_or(1);
@@ -134,6 +139,7 @@ fn measure_in_child(path: &Path, threads: usize, args: &Args) -> Result<BenchRep
         .args(["--threads", &threads.to_string()])
         .args(["--batch", &args.batch.to_string(), "--runs", &args.runs.to_string()])
         .args(["--min-time", &args.min_time.to_string()])
+        .args(args.profile.then_some("--profile"))
         .output()
         .context(|| "cannot start the measuring process")?;
     if !out.status.success() {
@@ -192,6 +198,21 @@ fn print_model(path: &Path, reports: &[BenchReport], dram_gbps: f64, peak: Optio
     if let Some(p) = peak {
         println!("  FMA peak of one core: {p:.1} GFLOP/s (measured)");
     }
+    for r in reports {
+        if let Some(profile) = &r.profile {
+            print_profile(r.threads, profile);
+        }
+    }
+}
+
+fn print_profile(threads: usize, profile: &[OpTime]) {
+    println!("  profile with {threads} thread(s), per run:");
+    println!("  {:>12} {:>10} {:>7}", "op", "ms", "share");
+    for row in profile {
+        println!("  {:>12} {:>10.3} {:>6.1}%", row.op, row.ms, 100.0 * row.share);
+    }
+    let total: f64 = profile.iter().map(|r| r.ms).sum();
+    println!("  {:>12} {:>10.3} {:>6.1}%", "total", total, 100.0 * profile.iter().map(|r| r.share).sum::<f64>());
 }
 
 fn print_ratios(a: &[BenchReport], b: &[BenchReport]) {

@@ -301,6 +301,7 @@ fn benchmark(rows: &mut [Row], args: &Args, thread_counts: &[usize], global: &Gl
                     min_runs: 20,
                     min_time: Duration::from_secs_f64(args.bench_time),
                     warmup: 5,
+                    profile: false,
                 };
                 let report = bench_model(&row.label, &model, row.file_bytes, &opts)
                     .context(|| format!("cannot benchmark {}", row.path.display()))?;
@@ -308,7 +309,8 @@ fn benchmark(rows: &mut [Row], args: &Args, thread_counts: &[usize], global: &Gl
             }
         } else {
             // Sizes only: one report without timing.
-            let opts = BenchOptions { threads: 1, batch: 1, min_runs: 1, min_time: Duration::ZERO, warmup: 0 };
+            let opts =
+                BenchOptions { threads: 1, batch: 1, min_runs: 1, min_time: Duration::ZERO, warmup: 0, profile: false };
             row.bench.push(
                 bench_model(&row.label, &model, row.file_bytes, &opts)
                     .context(|| format!("cannot run {}", row.path.display()))?,

@@ -745,8 +745,8 @@ pub unsafe extern "C" fn fv_session_memory(session: *const FvSession, out_report
     })
 }
 
-/// Sets `*out_name` to the name of the kernel family the session uses: `"avx2+fma+f16c"`,
-/// `"neon"` or `"scalar"` (a static string).
+/// Sets `*out_name` to the name of the kernel family the session uses: `"avx512f+fma+f16c"`,
+/// `"avx2+fma+f16c"`, `"neon"` or `"scalar"` (a static string).
 ///
 /// # Safety
 /// `session` must be NULL or a live session handle; `out_name` NULL or valid for a pointer
@@ -760,6 +760,7 @@ pub unsafe extern "C" fn fv_session_backend(session: *const FvSession, out_name:
             Backend::Scalar => c"scalar",
             Backend::Avx2 => c"avx2+fma+f16c",
             Backend::Neon => c"neon",
+            Backend::Avx512 => c"avx512f+fma+f16c",
         };
         debug_assert_eq!(name.to_str().ok(), Some(s.session.backend().name()));
         // SAFETY: NULL or writable (contract).

@@ -257,7 +257,7 @@ fn shapes_labels_and_backend() {
         let mut backend = null();
         assert_eq!(fv_session_backend(s, &mut backend), FvStatus::Ok);
         let backend = CStr::from_ptr(backend).to_str().unwrap();
-        assert!(["scalar", "neon", "avx2+fma+f16c"].contains(&backend), "{backend}");
+        assert!(["scalar", "neon", "avx2+fma+f16c", "avx512f+fma+f16c"].contains(&backend), "{backend}");
 
         let mut label = null();
         if i.num_labels > 0 {

@@ -17,6 +17,12 @@ pub enum Backend {
     Avx2,
     /// aarch64 NEON (with FP16 conversion instructions).
     Neon,
+    /// x86_64 AVX-512F GEMM micro-kernel (12 × 32 tiles) on top of the [`Backend::Avx2`]
+    /// kernels (which it uses for everything but the GEMM; results are bit-identical to them).
+    /// Opt-in: selected by [`Backend::detect`] only when `FACTORVIT_AVX512=1` is set, the CPU
+    /// has AVX-512F, the compiler supports it (Rust ≥ 1.89) and `std` is on (it was slower than
+    /// AVX2 on Zen 4, whose FLOP peak is the same; see docs/PERFORMANCE.md).
+    Avx512,
 }
 
 /// Cached result of [`Backend::detect`]: 0 = not yet detected, otherwise `code(backend)`.
@@ -33,6 +39,7 @@ impl Backend {
             1 => Backend::Scalar,
             2 => Backend::Avx2,
             3 => Backend::Neon,
+            4 => Backend::Avx512,
             _ => {
                 let b = detect_uncached();
                 // A race between two first callers stores the same value twice: harmless.
@@ -42,10 +49,14 @@ impl Backend {
         }
     }
 
-    /// Every backend usable on this CPU (for tests and benchmarks), scalar first.
+    /// Every backend usable on this CPU (for tests and benchmarks), scalar first (with
+    /// AVX-512, AVX2 too).
     pub fn available() -> alloc::vec::Vec<Backend> {
         let mut v = alloc::vec![Backend::Scalar];
         let best = Backend::detect();
+        if best == Backend::Avx512 {
+            v.push(Backend::Avx2);
+        }
         if best != Backend::Scalar {
             v.push(best);
         }
@@ -55,7 +66,8 @@ impl Backend {
     /// Whether this backend can run on this CPU. Kernels called with an unavailable backend
     /// fall back to the scalar implementation.
     pub fn is_available(self) -> bool {
-        self == Backend::Scalar || self == Backend::detect()
+        let best = Backend::detect();
+        self == Backend::Scalar || self == best || (self == Backend::Avx2 && best == Backend::Avx512)
     }
 
     /// Short name for reports.
@@ -64,6 +76,7 @@ impl Backend {
             Backend::Scalar => "scalar",
             Backend::Avx2 => "avx2+fma+f16c",
             Backend::Neon => "neon",
+            Backend::Avx512 => "avx512f+fma+f16c",
         }
     }
 
@@ -72,6 +85,7 @@ impl Backend {
             Backend::Scalar => 1,
             Backend::Avx2 => 2,
             Backend::Neon => 3,
+            Backend::Avx512 => 4,
         }
     }
 }
@@ -84,6 +98,12 @@ fn detect_uncached() -> Backend {
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c")
         {
+            #[cfg(factorvit_avx512)]
+            if std::is_x86_feature_detected!("avx512f")
+                && std::env::var_os("FACTORVIT_AVX512").is_some_and(|v| v == "1")
+            {
+                return Backend::Avx512;
+            }
             return Backend::Avx2;
         }
     }
@@ -115,6 +135,8 @@ impl Backend {
             Backend::Scalar => None,
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => super::x86::Avx2::get().map(|k| k as &'static dyn Kernels),
+            #[cfg(all(target_arch = "x86_64", factorvit_avx512))]
+            Backend::Avx512 => super::avx512::Avx512::get().map(|k| k as &'static dyn Kernels),
             #[cfg(target_arch = "aarch64")]
             Backend::Neon => super::aarch64::Neon::get().map(|k| k as &'static dyn Kernels),
             #[allow(unreachable_patterns)]

@@ -31,6 +31,8 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+#[cfg(all(target_arch = "x86_64", factorvit_avx512))]
+mod avx512;
 mod backend;
 mod driver;
 #[cfg(feature = "std")]

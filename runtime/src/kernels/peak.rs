@@ -39,7 +39,7 @@ pub fn measure_fma_peak_gflops_for(backend: Backend) -> f64 {
 fn run(backend: Backend, iters: u64) -> u64 {
     match backend {
         #[cfg(target_arch = "x86_64")]
-        Backend::Avx2 => {
+        Backend::Avx2 | Backend::Avx512 => {
             // SAFETY: `backend.is_available()` was checked by the caller, so the CPU has
             // AVX2 + FMA.
             unsafe { x86::fma_loop(iters) };

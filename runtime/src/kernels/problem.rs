@@ -141,6 +141,8 @@ impl Scratch {
         match backend {
             Backend::Scalar => (0, 0),
             Backend::Avx2 | Backend::Neon => (driver::PACK_FLOATS + 16, driver::PART_FLOATS),
+            // A 32-column panel (see `avx512.rs`).
+            Backend::Avx512 => (2 * driver::PACK_FLOATS + 16, driver::PART_FLOATS),
         }
     }
     /// Bytes held.
@@ -153,12 +155,16 @@ impl Scratch {
     }
     /// The packing buffers, if this scratch is large enough for the SIMD GEMM driver.
     pub(crate) fn simd_buffers(&mut self) -> Option<(&mut [f32], &mut [f32])> {
-        if self.pack.len() < driver::PACK_FLOATS + 16 || self.part.len() < driver::PART_FLOATS {
+        self.simd_buffers_of(driver::PACK_FLOATS)
+    }
+    /// As [`Scratch::simd_buffers`] with a packed panel of `pack` floats.
+    pub(crate) fn simd_buffers_of(&mut self, pack: usize) -> Option<(&mut [f32], &mut [f32])> {
+        if self.pack.len() < pack + 16 || self.part.len() < driver::PART_FLOATS {
             return None;
         }
         // Align the packed panel to 64 bytes (a cache line) so that each 16-float row of the
         // panel is one line.
         let off = self.pack.as_ptr().align_offset(64).min(16);
-        Some((&mut self.pack[off..off + driver::PACK_FLOATS], &mut self.part[..]))
+        Some((&mut self.pack[off..off + pack], &mut self.part[..]))
     }
 }

@@ -32,9 +32,9 @@ pub(crate) struct Avx2 {
 }
 
 impl Avx2 {
-    /// The token, if [`Backend::detect`] selected AVX2.
+    /// The token, if [`Backend::detect`] selected AVX2 (or AVX-512, which implies it).
     pub(crate) fn get() -> Option<&'static Avx2> {
-        (Backend::detect() == Backend::Avx2).then_some(&Avx2 { _detected: () })
+        matches!(Backend::detect(), Backend::Avx2 | Backend::Avx512).then_some(&Avx2 { _detected: () })
     }
 
     /// The token, inside a function whose own contract is that the CPU has the features.
@@ -42,7 +42,7 @@ impl Avx2 {
     /// # Safety
     /// The CPU supports AVX2, FMA and F16C.
     #[inline(always)]
-    unsafe fn assume() -> Avx2 {
+    pub(super) unsafe fn assume() -> Avx2 {
         Avx2 { _detected: () }
     }
 }
@@ -71,7 +71,7 @@ impl_simd!(Avx2, __m256, lanes = 8, {
 });
 
 /// A weight element type that can be loaded as f32.
-trait Elem: Copy {
+pub(super) trait Elem: Copy {
     /// Loads 8 consecutive elements as f32.
     ///
     /// # Safety
@@ -240,7 +240,7 @@ unsafe fn hsum8x8(v: &[__m256; 8]) -> __m256 {
 /// Transposes the 8 × 8 block held in `r` (row `i` in `r[i]`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn transpose8(r: &[__m256; 8]) -> [__m256; 8] {
+pub(super) unsafe fn transpose8(r: &[__m256; 8]) -> [__m256; 8] {
     // SAFETY: the CPU has AVX2, FMA and F16C (module contract); pointer accesses are justified
     // where they occur.
     unsafe {

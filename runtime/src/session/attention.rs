@@ -2,6 +2,7 @@
 
 use alloc::vec::Vec;
 
+use super::profile::Stamp;
 use super::{Session, MAX_THREADS};
 use crate::kernels::{self, Epilogue, Gemm, MatB, Scratch, WeightSlice};
 use crate::parallel::split_range;
@@ -44,7 +45,10 @@ impl QuerySplit {
 
 impl Session<'_, '_> {
     /// Multi-head self-attention from `qkv` into `ctx` (heads concatenated, token-major).
-    pub(super) fn attention(&mut self) {
+    /// Returns the nanoseconds the threads spent in Q·Kᵀ, softmax and P·V (summed over threads;
+    /// zeros unless profiling).
+    pub(super) fn attention(&mut self) -> [u64; 3] {
+        let profiling = self.profiler.on;
         let c = &self.model.config;
         let (t, d, heads) = (self.tokens, c.embed_dim, c.num_heads);
         let dh = d / heads;
@@ -73,11 +77,12 @@ impl Session<'_, '_> {
             let end_row = if range.is_empty() { consumed_rows } else { item_rows(range.end - 1).end };
             let (mine, tail) = core::mem::take(&mut rest).split_at_mut((end_row - consumed_rows) * d);
             rest = tail;
-            *task = Some(AttnTask { items: range, first_row: consumed_rows, ctx: mine, scratch, scores });
+            *task = Some(AttnTask { items: range, first_row: consumed_rows, ctx: mine, scratch, scores, ns: [0; 3] });
             consumed_rows = end_row;
         }
         self.exec.for_each_mut(&mut tasks[..threads], |_, task| {
             let Some(task) = task else { return };
+            let mut stamp = Stamp::now_if(profiling);
             for item in task.items.clone() {
                 let r = item_rows(item);
                 let b = item / chunks_per_image;
@@ -108,7 +113,9 @@ impl Session<'_, '_> {
                             epilogue: Epilogue::default(),
                         },
                     );
+                    task.ns[0] += stamp.lap();
                     kernels::softmax_rows(backend, qn, t, scores, t, scale);
+                    task.ns[1] += stamp.lap();
                     let out = &mut task.ctx[(r.start - task.first_row) * d + hd * dh..];
                     kernels::gemm(
                         backend,
@@ -129,9 +136,17 @@ impl Session<'_, '_> {
                             epilogue: Epilogue::default(),
                         },
                     );
+                    task.ns[2] += stamp.lap();
                 }
             }
         });
+        let mut ns = [0; 3];
+        for task in tasks[..threads].iter().flatten() {
+            for (a, b) in ns.iter_mut().zip(task.ns) {
+                *a += b;
+            }
+        }
+        ns
     }
 }
 
@@ -142,6 +157,8 @@ struct AttnTask<'s> {
     ctx: &'s mut [f32],
     scratch: &'s mut Scratch,
     scores: &'s mut Vec<f32>,
+    /// Nanoseconds in Q·Kᵀ, softmax and P·V (when profiling).
+    ns: [u64; 3],
 }
 
 #[cfg(test)]

@@ -5,12 +5,13 @@
 use alloc::format;
 
 use super::linear::LinearCtx;
-use super::{Observer, Outputs, Session};
+use super::{Observer, Op, Outputs, Session, MAX_THREADS};
 use crate::config::{GlobalPool, Head};
 use crate::error::{Error, Result};
 use crate::format::schema::BlockLinear;
 use crate::kernels::{self, Epilogue, Gemm, MatB, Rows, RowsMut};
 use crate::model::{LinearRepr, Norm};
+use crate::parallel::split_range;
 
 /// A [`LinearCtx`] over a session's model, backend, pool, scratch and temporaries. A macro
 /// rather than a method so that the session's activation buffers stay free to borrow.
@@ -105,11 +106,35 @@ impl Session<'_, '_> {
         self.run_block_inner(i, None, observer);
     }
 
-    /// LayerNorm of the residual stream `x` into `xn` (the input of `qkv` and `fc1`).
+    /// LayerNorm of the residual stream `x` into `xn` (the input of `qkv` and `fc1`), split by
+    /// rows between the threads (each row is normalised by the same kernel call sequence
+    /// whatever the split: bit-identical for any thread count).
     fn normalise_residual(&mut self, norm: &Norm) {
         let (rows, d) = (self.rows(), self.dim());
-        let (x, xn) = (Rows::new(&self.x, rows, d, d), RowsMut::new(&mut self.xn, rows, d, d));
-        kernels::layer_norm(self.backend, x, &norm.weight, &norm.bias, self.model.config.layer_norm_eps, xn);
+        let eps = self.model.config.layer_norm_eps;
+        let (backend, exec) = (self.backend, &self.exec);
+        let (gamma, beta) = (&norm.weight[..], &norm.bias[..]);
+        // At least 16 rows per thread, else the fork costs more than it saves.
+        let parts = exec.threads().min(rows / 16).clamp(1, MAX_THREADS);
+        let (x, out) = (&self.x[..rows * d], &mut self.xn[..rows * d]);
+        if parts == 1 {
+            kernels::layer_norm(backend, Rows::new(x, rows, d, d), gamma, beta, eps, RowsMut::new(out, rows, d, d));
+            return;
+        }
+        let mut items: [Option<(&[f32], &mut [f32])>; MAX_THREADS] = [const { None }; MAX_THREADS];
+        let mut rest = out;
+        for (part, item) in items.iter_mut().take(parts).enumerate() {
+            let r = split_range(rows, parts, 1, part);
+            let (mine, tail) = core::mem::take(&mut rest).split_at_mut(r.len() * d);
+            rest = tail;
+            *item = Some((&x[r.start * d..r.end * d], mine));
+        }
+        exec.for_each_mut(&mut items[..parts], |_, item| {
+            if let Some((x, out)) = item {
+                let n = x.len() / d;
+                kernels::layer_norm(backend, Rows::new(x, n, d, d), gamma, beta, eps, RowsMut::new(out, n, d, d));
+            }
+        });
     }
 
     /// Block `i`; with `last`, only up to the input of that layer (see
@@ -119,36 +144,48 @@ impl Session<'_, '_> {
         let block = &model.blocks[i];
         let c = &model.config;
         let (rows, d) = (self.rows(), c.embed_dim);
+        let mut t = self.profiler.start();
         self.normalise_residual(&block.norm1);
+        self.profiler.lap(Op::Norm, &mut t);
         observer.linear_input(i, BlockLinear::Qkv, &self.xn[..rows * d], rows, d);
         if last == Some(BlockLinear::Qkv) {
             return;
         }
+        let _ = t.lap();
         linear_ctx!(self).apply(&block.qkv, Rows::new(&self.xn, rows, d, d), &mut self.qkv, Epilogue::default());
-        self.attention();
+        self.profiler.lap(Op::Qkv, &mut t);
+        let parts = self.attention();
+        self.profiler.lap_attention(&mut t, parts);
         observer.residual_input(i, BlockLinear::Proj, &self.x[..rows * d], rows, d);
         observer.linear_input(i, BlockLinear::Proj, &self.ctx[..rows * d], rows, d);
         if last == Some(BlockLinear::Proj) {
             return;
         }
+        let _ = t.lap(); // the observer's time is nobody's
         let residual = Epilogue { accumulate: true, scale: block.ls1.as_deref(), ..Epilogue::default() };
         linear_ctx!(self).apply(&block.proj, Rows::new(&self.ctx, rows, d, d), &mut self.x, residual);
+        self.profiler.lap(Op::Proj, &mut t);
 
         self.normalise_residual(&block.norm2);
+        self.profiler.lap(Op::Norm, &mut t);
         observer.linear_input(i, BlockLinear::Fc1, &self.xn[..rows * d], rows, d);
         if last == Some(BlockLinear::Fc1) {
             return;
         }
+        let _ = t.lap();
         let gelu = Epilogue { gelu: true, ..Epilogue::default() };
         linear_ctx!(self).apply(&block.fc1, Rows::new(&self.xn, rows, d, d), &mut self.hidden, gelu);
+        self.profiler.lap(Op::Fc1Gelu, &mut t);
         let hidden = c.mlp_hidden;
         observer.residual_input(i, BlockLinear::Fc2, &self.x[..rows * d], rows, d);
         observer.linear_input(i, BlockLinear::Fc2, &self.hidden[..rows * hidden], rows, hidden);
         if last == Some(BlockLinear::Fc2) {
             return;
         }
+        let _ = t.lap();
         let residual = Epilogue { accumulate: true, scale: block.ls2.as_deref(), ..Epilogue::default() };
         linear_ctx!(self).apply(&block.fc2, Rows::new(&self.hidden, rows, hidden, hidden), &mut self.x, residual);
+        self.profiler.lap(Op::Fc2, &mut t);
         observer.block_output(i, &self.x[..rows * d], rows, d);
     }
 

@@ -23,11 +23,14 @@ mod calibration;
 mod forward;
 mod linear;
 mod observer;
+mod profile;
 
 pub use observer::{NoObserver, Observer};
+pub use profile::{Op, Profile};
 
 use arena::{session_positions, ArenaPlan};
 use linear::LinearBuffers;
+use profile::Profiler;
 
 /// Upper bound on threads per session (work descriptors live on the stack).
 pub const MAX_THREADS: usize = 64;
@@ -115,6 +118,7 @@ pub struct Session<'m, 'a> {
     logits_dist: Vec<f32>,
     scratch: Vec<Scratch>,
     scores: Vec<Vec<f32>>,
+    profiler: Profiler,
 }
 
 impl core::fmt::Debug for Session<'_, '_> {
@@ -177,6 +181,7 @@ impl<'m, 'a> Session<'m, 'a> {
             logits_dist: buf(if c.head == Head::Distilled { plan.logits } else { 0 }),
             scratch,
             scores,
+            profiler: Profiler::default(),
             exec,
         })
     }
@@ -298,12 +303,18 @@ impl<'m, 'a> Session<'m, 'a> {
         // the closure can borrow the session mutably (an `Arc` clone, no allocation).
         let exec = self.exec.clone();
         exec.install(|| -> Result<()> {
+            let mut run = self.profiler.start();
+            let mut t = self.profiler.start();
             self.embed(pixel_values)?;
+            self.profiler.lap(Op::PatchEmbed, &mut t);
             observer.embeddings(&self.x[..self.rows() * self.dim()], self.rows(), self.dim());
             for i in 0..self.model.blocks.len() {
                 self.run_block(i, observer);
             }
+            let mut t = self.profiler.start();
             self.compute_outputs();
+            self.profiler.lap(Op::Head, &mut t);
+            self.profiler.end_run(&mut run);
             Ok(())
         })?;
         Ok(self.outputs())
