@@ -89,3 +89,15 @@ def test_save_and_load_pixel_values(tmp_path):
     back = factorvit.load_safetensors(tmp_path / "x.safetensors")["pixel_values"]
     np.testing.assert_array_equal(back, x)
     assert TOLERANCE > 0
+
+
+def test_a_raising_progress_callback_is_raised_after_the_job(tmp_path):
+    calls = []
+
+    def progress(phase, done, total):
+        calls.append(phase)
+        raise KeyError("stop drawing")
+
+    with pytest.raises(KeyError, match="stop drawing"):
+        factorvit.compress(BUNDLED_MODEL, CALIB, keep=0.9, calib_count=8, output=tmp_path / "p.fvit", progress=progress)
+    assert len(calls) == 1  # not called again after it raised
