@@ -384,7 +384,7 @@ impl Error for JobError {
 
 /// Whether `side` pixels is an input side a model with `patch`-pixel patches takes: a multiple of
 /// the patch size from one patch to 8192.
-fn image_side_fits(side: usize, patch: usize) -> bool {
+pub fn image_side_fits(side: usize, patch: usize) -> bool {
     (patch..=8192).contains(&side) && side.checked_rem(patch) == Some(0)
 }
 
