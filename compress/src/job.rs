@@ -384,7 +384,7 @@ impl Error for JobError {
 
 /// Whether `side` pixels is an input side a model with `patch`-pixel patches takes: a multiple of
 /// the patch size from one patch to 8192.
-fn image_side_fits(side: usize, patch: usize) -> bool {
+pub fn image_side_fits(side: usize, patch: usize) -> bool {
     (patch..=8192).contains(&side) && side.checked_rem(patch) == Some(0)
 }
 
@@ -687,6 +687,13 @@ mod tests {
         }
         let base = BudgetBase::of(&dense, &a, DType::F32);
         assert_eq!(base.dense_block_params, a.block_linear_params());
+        // Int8: one byte per block weight; the other floats at F16 plus up to one F32 scale per
+        // output row of every block linear.
+        let int8 = BudgetBase::of(&dense, &a, DType::I8);
+        let f16 = BudgetBase::of(&dense, &a, DType::F16);
+        let rows: usize = block_linears(&dense.config).iter().map(|l| l.1).sum();
+        assert_eq!(int8.elem_bytes, 1);
+        assert_eq!(int8.other_bytes, f16.other_bytes + 4 * rows);
     }
 
     #[test]

@@ -88,6 +88,44 @@ fn convert_writes_a_valid_file() {
     assert!(read_safetensors(&bf16).unwrap().tensors.values().all(|t| t.dtype == DType::BF16));
 }
 
+/// `--dtype int8`: block-linear weights int8 with F32 channel scales, every other float F16; the
+/// outputs stay close to the f32 conversion's.
+#[test]
+fn convert_int8_quantises_the_block_linears() {
+    let tmp = TempDir::new("cli-convert-int8");
+    let (f32_path, i8_path) = (tmp.join("f32.fvit"), tmp.join("int8.fvit"));
+    let model = fixture("hf-vit-micro");
+    for (out, dtype) in [(&f32_path, "f32"), (&i8_path, "int8")] {
+        let o = factorvit(&["convert", "-q", "--model", p(&model), "-o", p(out), "--dtype", dtype]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    let file = read_safetensors(&i8_path).unwrap();
+    for (name, t) in &file.tensors {
+        let expected = if name.starts_with("blocks.") && name.ends_with(".weight") && !name.contains("norm") {
+            DType::I8
+        } else if name.ends_with("_scale") {
+            DType::F32
+        } else {
+            DType::F16
+        };
+        assert_eq!(t.dtype, expected, "{name}");
+    }
+    let run = |path: &Path| {
+        let m = factorvit::Model::open(path).unwrap();
+        let c = m.config().clone();
+        let pixels: Vec<f32> =
+            (0..c.in_chans * c.image_size[0] * c.image_size[1]).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+        let mut s = m.session(Default::default()).unwrap();
+        s.run(&pixels).unwrap().last_hidden_state.to_vec()
+    };
+    let (a, b) = (run(&f32_path), run(&i8_path));
+    let dot: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let cosine = dot / (norm(&a) * norm(&b));
+    // 8-bit weights (relative weight error ~1e-5) on a 2-block micro model: well above 0.99.
+    assert!(cosine > 0.99, "cosine {cosine}");
+}
+
 #[test]
 fn convert_failures_are_one_line_and_leave_no_file() {
     let tmp = TempDir::new("cli-convert-bad");

@@ -796,6 +796,30 @@ fn sparse_add_rejects_bad_row_ptr() {
 
 #[test]
 #[should_panic]
+fn gemm_rejects_too_few_int8_scales() {
+    let backend = Backend::detect();
+    let w = [1i8; 4 * 3];
+    let scales = [0.5f32; 3];
+    let a = [1.0f32; 2 * 3];
+    let mut c = [0.0f32; 2 * 4];
+    gemm(
+        backend,
+        &mut Scratch::new(backend),
+        Gemm {
+            m: 2,
+            a: &a,
+            lda: 3,
+            // Four output channels, three scales.
+            b: MatB::weight(WeightSlice::I8(QuantI8 { values: &w, scales: Some(&scales) }), 4, 3),
+            c: &mut c,
+            ldc: 4,
+            epilogue: Epilogue::default(),
+        },
+    );
+}
+
+#[test]
+#[should_panic]
 fn gemm_rejects_short_c() {
     let backend = Backend::detect();
     let mut scratch = Scratch::new(backend);

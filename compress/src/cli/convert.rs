@@ -35,10 +35,23 @@ pub struct Args {
     /// linears' weights as int8 with per-row f32 scales (weight-error clip search), the rest f16
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
+    /// Input size (square) stored in the output's preprocessing, a multiple of the patch size up
+    /// to 8192 (the runtime interpolates the position table) [default: the source's]
+    #[arg(long, value_name = "N")]
+    image_size: Option<usize>,
 }
 
 pub fn run(args: &Args, global: &Global) -> Result<(), CliError> {
     let mut spec = load_spec(&args.model, global)?;
+    if let Some(size) = args.image_size {
+        let patch = spec.config.patch_size;
+        if !job::image_side_fits(size, patch) {
+            return Err(CliError::msg(format!(
+                "--image-size {size} is not a multiple of the patch size {patch} between {patch} and 8192"
+            )));
+        }
+        spec.preprocess.input_size = [spec.preprocess.input_size[0], size, size];
+    }
     if let Some(d) = args.dtype {
         if d == DtypeArg::Int8 {
             // No calibration data here: each row's clip minimises its weight error.

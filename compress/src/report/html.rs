@@ -396,7 +396,8 @@ fn write_layer_table(h: &mut String, report: &Report) {
         "<section id=\"table\">\n<h2>Per-layer numbers</h2>\n<details>\n<summary>table</summary>\n\
          <table class=\"layers\">\n<thead><tr><th>layer</th><th>shape</th><th>kind</th><th>rank</th>\
          <th>max useful</th><th>nnz</th><th>params</th><th>after</th><th>err fit</th><th>err val</th>\
-         <th>comp before</th><th>comp after</th><th>kept</th><th>sensitivity</th></tr></thead>\n<tbody>\n",
+         <th>comp before</th><th>comp after</th><th>kept</th><th>sensitivity</th><th>dtype</th><th>quant err</th>\
+         </tr></thead>\n<tbody>\n",
     );
     let opt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), sci);
     for l in &report.layers {
@@ -404,7 +405,7 @@ fn write_layer_table(h: &mut String, report: &Report) {
         let _ = writeln!(
             h,
             "<tr><td>{}</td><td>{}×{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&l.name),
             l.out_features,
             l.in_features,
@@ -423,7 +424,9 @@ fn write_layer_table(h: &mut String, report: &Report) {
                 Some(false) => "no",
                 None => "-",
             },
-            opt(l.sensitivity)
+            opt(l.sensitivity),
+            if l.dtype.is_empty() { "-".to_string() } else { esc(&l.dtype) },
+            opt(l.quant_error)
         );
     }
     h.push_str("</tbody>\n</table>\n</details>\n</section>\n");
