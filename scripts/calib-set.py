@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Builds a small calibration set for DINOv2 (or any 224×224 ImageNet-normalised ViT) as one
-safetensors file with `pixel_values` [N, 3, S, S] float32.
+safetensors file with `pixel_values` [N, 3, S, S] float32 (and, with --photo-index, `image_index`
+[N] int64: the photo each crop was cut from).
 
 Each photo is resized (shorter side S·256/224, bicubic), then `--crops-per-photo` random S×S
 crops with random horizontal flips are taken, and normalised with the ImageNet mean/std (the
@@ -51,6 +52,10 @@ def main():
     p.add_argument("--subset", default=None, help="K/N: photos with index = K mod N")
     p.add_argument("--max-photos", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--photo-index", action="store_true",
+                   help="also write `image_index` (the photo of each crop): factorvit then validates on "
+                        "held-out photos; measured worse than crop-level validation on 60 crops of 15 photos "
+                        "(docs/RESULTS.md), hence off by default")
     p.add_argument("-o", "--output", required=True)
     a = p.parse_args()
 
@@ -70,8 +75,8 @@ def main():
         sys.exit("no photos")
 
     resize = round(a.size * 256 / 224)
-    crops = []
-    for path in paths:
+    crops, photo = [], []
+    for index, path in enumerate(paths):
         img = Image.open(path).convert("RGB")
         w, h = img.size
         scale = resize / min(w, h)
@@ -84,8 +89,14 @@ def main():
             if rng.random() < 0.5:
                 crop = crop[:, ::-1]
             crops.append(((crop - MEAN) / STD).transpose(2, 0, 1))
+            photo.append(index)
     pixels = np.ascontiguousarray(np.stack(crops), dtype=np.float32)
-    save_file({"pixel_values": pixels}, a.output)
+    tensors = {"pixel_values": pixels}
+    if a.photo_index:
+        # The photo each crop comes from: factorvit keeps a photo's crops on one side of its
+        # validation split (held-out photos, not held-out crops of photos it fits on).
+        tensors["image_index"] = np.asarray(photo, dtype=np.int64)
+    save_file(tensors, a.output)
     print(f"{a.output}: {len(paths)} photos × {a.crops_per_photo} crops = {len(crops)} samples of 3×{a.size}×{a.size}")
 
 

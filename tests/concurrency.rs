@@ -203,12 +203,7 @@ fn compressed_model_shared_by_8_threads_is_bit_exact() {
         threads: 0,
         ..PipelineOptions::default()
     };
-    let compressed = compress_model(
-        &dense,
-        &Calibration { pixels: &calib.pixel_values, count: calib.n, image_size: [calib.h, calib.w] },
-        &opts,
-    )
-    .expect("compression");
+    let compressed = compress_model(&dense, &Calibration::from_dataset(&calib), &opts).expect("compression");
     apply_to_spec(&mut spec, &compressed, DType::F32).unwrap();
     spec.cast_floats(DType::F32).unwrap();
     let dir = temp_dir("concurrency");

@@ -478,7 +478,7 @@ impl CompressJob {
         let calib = self.load_calibration(&source.model)?;
         let opts = self.pipeline_options(budget, source.dtype);
         progress.phase(Phase::Compress);
-        let calibration = Calibration { pixels: &calib.pixel_values, count: calib.n, image_size: [calib.h, calib.w] };
+        let calibration = Calibration::from_dataset(&calib);
         let mut compressed = pipeline::compress_model(&source.model, &calibration, &opts).map_err(JobError::Method)?;
         let Source { mut spec, model, dtype, file_bytes: source_file_bytes } = source;
         let (source_params, source_weight_bytes) = (model.params(), model.weight_bytes());

@@ -289,7 +289,7 @@ fn pipeline_rejects_inconsistent_calibration() {
         ..PipelineOptions::default()
     };
     fn calib(pixels: &[f32], count: usize, image_size: [usize; 2]) -> Calibration<'_> {
-        Calibration { pixels, count, image_size }
+        Calibration { pixels, count, image_size, groups: None }
     }
     let (px, nan) = (&px[..], &nan[..]);
     #[rustfmt::skip]

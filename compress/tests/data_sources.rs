@@ -93,6 +93,7 @@ fn pixel_values_are_used_as_is() {
     assert_eq!(ds.pixel_values, values);
     assert_eq!(ds.labels.as_deref(), Some(&[5, 0, 2][..]));
     assert_eq!(ds.class_names.as_ref().map(Vec::len), Some(6));
+    assert_eq!(ds.groups, None, "no image_index, no photo groups");
 
     let opts = LoadOptions { limit: Some(2), random_subset: true, seed: 3, ..LoadOptions::default() };
     let sub = load_dataset(&path, &pre, &opts).unwrap();
@@ -156,6 +157,47 @@ fn raw_images_are_normalised_and_resized_when_needed() {
 }
 
 #[test]
+fn image_index_gives_the_photo_of_every_sample() {
+    let dir = TempDir::new("st-photos");
+    let values: Vec<f32> = (0..4 * 2 * 4 * 4).map(|i| i as f32 * 0.01).collect();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let photos: Vec<u8> = [7i64, 7, 2, 9].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let path = dir.0.join("pv.safetensors");
+    std::fs::write(
+        &path,
+        safetensors(&[("pixel_values", "F32", vec![4, 2, 4, 4], bytes), ("image_index", "I64", vec![4], photos)], &[]),
+    )
+    .unwrap();
+    let pre = Preprocess {
+        input_size: [2, 4, 4],
+        mean: vec![0.5; 2],
+        std: vec![0.5; 2],
+        interpolation: Interpolation::Bicubic,
+        crop_pct: 0.875,
+    };
+    let ds = load_dataset(&path, &pre, &LoadOptions::default()).unwrap();
+    assert_eq!(ds.groups.as_deref(), Some(&[7, 7, 2, 9][..]));
+    // A subset keeps the photos of the samples it picks.
+    let opts = LoadOptions { limit: Some(2), random_subset: true, seed: 5, ..LoadOptions::default() };
+    let sub = load_dataset(&path, &pre, &opts).unwrap();
+    let picked = select_indices(4, &opts, &path).unwrap();
+    let expected: Vec<u32> = picked.iter().map(|&i| [7, 7, 2, 9][i]).collect();
+    assert_eq!(sub.groups, Some(expected));
+
+    // Raw images with a photo index, cropped: every crop keeps its image's photo.
+    let img = ramp_images(3, 32, 32);
+    let raw = dir.0.join("raw.safetensors");
+    std::fs::write(
+        &raw,
+        safetensors(&[("images", "U8", vec![3, 32, 32], img), ("image_index", "U8", vec![3], vec![4, 4, 1])], &[]),
+    )
+    .unwrap();
+    let crops = LoadOptions { crops_per_image: 2, ..LoadOptions::default() };
+    let ds = load_dataset(&raw, &grey_preprocess(28, 1.0), &crops).unwrap();
+    assert_eq!(ds.groups.as_deref(), Some(&[4, 4, 4, 4, 1, 1][..]));
+}
+
+#[test]
 fn malformed_safetensors_datasets_are_typed_errors() {
     let dir = TempDir::new("st-bad");
     let pre = grey_preprocess(28, 1.0);
@@ -209,6 +251,39 @@ fn malformed_safetensors_datasets_are_typed_errors() {
                 ),
             ),
             |e| matches!(e, DataError::Labels { .. }),
+        ),
+        (
+            write(
+                "photocount.safetensors",
+                safetensors(
+                    &[("images", "U8", vec![2, 28, 28], img.clone()), ("image_index", "U8", vec![3], vec![0; 3])],
+                    &[],
+                ),
+            ),
+            |e| matches!(e, DataError::Safetensors { .. }),
+        ),
+        (
+            write(
+                "photonegative.safetensors",
+                safetensors(
+                    &[
+                        ("images", "U8", vec![2, 28, 28], img.clone()),
+                        ("image_index", "I16", vec![2], [0i16, -3].iter().flat_map(|v| v.to_le_bytes()).collect()),
+                    ],
+                    &[],
+                ),
+            ),
+            |e| matches!(e, DataError::Safetensors { .. }),
+        ),
+        (
+            write(
+                "photofloat.safetensors",
+                safetensors(
+                    &[("images", "U8", vec![2, 28, 28], img.clone()), ("image_index", "F32", vec![2], vec![0; 8])],
+                    &[],
+                ),
+            ),
+            |e| matches!(e, DataError::Safetensors { .. }),
         ),
         (
             write(
@@ -308,6 +383,7 @@ fn crop_augmented_datasets_multiply_samples_deterministically() {
     let a = load_dataset(&path, &pre, &opts).unwrap();
     assert_eq!(a.n, 15);
     assert_eq!(a.labels.as_deref(), Some(&[0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4][..]));
+    assert_eq!(a.groups.as_deref(), Some(&[0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4][..]), "crops of one image");
     let b = load_dataset(&path, &pre, &opts).unwrap();
     assert_eq!(a, b, "same seed, same crops");
     assert_ne!(a.sample(0), a.sample(1), "crops of one image differ");

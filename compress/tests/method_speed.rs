@@ -31,7 +31,8 @@ fn deit_base_compression_wall_time() {
     let spec = random_vit_spec(&geometry, 1).unwrap();
     let model = Model::from_vec(writer::to_bytes(&spec).unwrap()).unwrap();
     let pixels = random_images(&geometry, images, 2);
-    let calib = Calibration { pixels: &pixels, count: images, image_size: [geometry.image, geometry.image] };
+    let calib =
+        Calibration { pixels: &pixels, count: images, image_size: [geometry.image, geometry.image], groups: None };
     let opts = PipelineOptions {
         budget_params: (0.4 * model.block_linear_params() as f64) as usize,
         batch: 8,

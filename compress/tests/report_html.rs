@@ -22,7 +22,7 @@ fn compress(keep: f64) -> Compressed {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fmnist-calib.safetensors");
     let opts = LoadOptions { split: Split::Train, limit: Some(40), ..LoadOptions::default() };
     let data = load_dataset(&path, model.preprocess(), &opts).expect("bundled calibration data loads");
-    let calib = Calibration { pixels: &data.pixel_values, count: data.n, image_size: [data.h, data.w] };
+    let calib = Calibration::from_dataset(&data);
     let opts = PipelineOptions {
         budget_params: (keep * model.block_linear_params() as f64) as usize,
         sensitivity_images: 8,

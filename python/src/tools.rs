@@ -381,7 +381,7 @@ fn evaluate(
                     if let Some(f) = non_finite(&pixels, c * h * w) {
                         return Err(f);
                     }
-                    data::Dataset { pixel_values: pixels, labels, n, c, h, w, class_names: None }
+                    data::Dataset { pixel_values: pixels, labels, n, c, h, w, class_names: None, groups: None }
                 }
             };
             let classes = m.config().num_classes;

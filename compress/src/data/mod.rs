@@ -48,6 +48,10 @@ pub struct Dataset {
     pub w: usize,
     /// Names of the classes the labels index, when known.
     pub class_names: Option<Vec<String>>,
+    /// Per sample, the source photo it comes from, when known: the image's index for random
+    /// crops, or the file's `image_index` tensor. The compressor keeps a photo's samples on one
+    /// side of its validation split.
+    pub groups: Option<Vec<u32>>,
 }
 
 impl Dataset {
@@ -300,6 +304,7 @@ pub(crate) fn build_dataset(
     raw: &RawImages<'_>,
     path: &Path,
     labels: Option<Vec<u32>>,
+    photos: Option<Vec<u32>>,
     class_names: Option<Vec<String>>,
     pre: &Preprocess,
     opts: &LoadOptions,
@@ -311,6 +316,11 @@ pub(crate) fn build_dataset(
     if let Some(l) = &labels {
         if l.len() != raw.len() {
             return Err(DataError::labels(path, format!("{} labels for {} images", l.len(), raw.len())));
+        }
+    }
+    if let Some(p) = &photos {
+        if p.len() != raw.len() {
+            return Err(DataError::safetensors(path, format!("{} photo indices for {} images", p.len(), raw.len())));
         }
     }
     let indices = select_indices(raw.len(), opts, path)?;
@@ -332,9 +342,22 @@ pub(crate) fn build_dataset(
             .zip(indices.par_iter())
             .try_for_each(|(out, &index)| process_image(raw, index, pre, opts, out))?;
     }
-    let labels =
-        labels.map(|l| indices.iter().flat_map(|&i| std::iter::repeat(l[i]).take(per_image)).collect::<Vec<u32>>());
-    let dataset = Dataset { pixel_values, labels, n, c, h, w, class_names };
+    let repeat =
+        |l: &[u32]| indices.iter().flat_map(|&i| std::iter::repeat(l[i]).take(per_image)).collect::<Vec<u32>>();
+    let labels = labels.map(|l| repeat(&l));
+    // The crops of one image share its photo (the file's photo index, else the image's).
+    let groups = match photos {
+        Some(p) => Some(repeat(&p)),
+        None if opts.crops_per_image > 0 => Some(
+            indices
+                .iter()
+                .map(|&i| u32::try_from(i).map_err(|_| DataError::overflow("image index")))
+                .collect::<Result<Vec<u32>, _>>()
+                .map(|p| p.iter().flat_map(|&g| std::iter::repeat(g).take(per_image)).collect())?,
+        ),
+        None => None,
+    };
+    let dataset = Dataset { pixel_values, labels, n, c, h, w, class_names, groups };
     dataset.check_labels(path)?;
     Ok(dataset)
 }
@@ -343,7 +366,7 @@ pub(crate) fn build_dataset(
 /// (or the crops).
 pub fn load_image_folder(dir: &Path, pre: &Preprocess, opts: &LoadOptions) -> Result<Dataset, DataError> {
     let listing = list_image_folder(dir, opts.class_names.as_deref())?;
-    build_dataset(&RawImages::Files(&listing.files), dir, listing.labels, listing.class_names, pre, opts)
+    build_dataset(&RawImages::Files(&listing.files), dir, listing.labels, None, listing.class_names, pre, opts)
 }
 
 /// Loads idx data: a folder holding `<split>-images-idx3-ubyte[.gz]` (and usually the
@@ -369,7 +392,7 @@ pub fn load_idx_dataset(path: &Path, pre: &Preprocess, opts: &LoadOptions) -> Re
         None => None,
     };
     let raw = RawImages::Packed { data: images.data(), count: n, height: h, width: w, channels: 1 };
-    build_dataset(&raw, &images_path, labels, opts.class_names.clone(), pre, opts)
+    build_dataset(&raw, &images_path, labels, None, opts.class_names.clone(), pre, opts)
 }
 
 fn has_idx_images(dir: &Path) -> bool {
@@ -398,7 +421,7 @@ pub fn load_dataset(path: &Path, pre: &Preprocess, opts: &LoadOptions) -> Result
         load_idx_dataset(path, pre, opts)
     } else if is_image_file(path) {
         let files = [path.to_path_buf()];
-        build_dataset(&RawImages::Files(&files), path, None, opts.class_names.clone(), pre, opts)
+        build_dataset(&RawImages::Files(&files), path, None, None, opts.class_names.clone(), pre, opts)
     } else {
         Err(DataError::UnknownSource { path: path.to_path_buf() })
     }

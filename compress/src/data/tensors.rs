@@ -1,6 +1,8 @@
 //! Safetensors datasets: normalised `pixel_values` `[N, C, H, W]` (float) or raw uint8
-//! `images` `[N, H, W]` / `[N, H, W, C]`, each with optional integer `labels` `[N]`, and an
-//! optional `class_names` metadata entry (a JSON array of strings).
+//! `images` `[N, H, W]` / `[N, H, W, C]`, each with optional integer `labels` `[N]` and
+//! `image_index` `[N]` (the photo each sample was cut from: crops of one photo share it, and
+//! the compressor's validation split keeps them together), and an optional `class_names`
+//! metadata entry (a JSON array of strings).
 
 use std::path::Path;
 
@@ -57,8 +59,31 @@ fn tensor_bytes<'a>(bytes: &'a [u8], info: &TensorInfo, path: &Path) -> Result<&
 
 /// Reads a `[N]` tensor of any integer dtype as class indices.
 fn read_labels(bytes: &[u8], info: &TensorInfo, path: &Path) -> Result<Vec<u32>, DataError> {
+    read_indices(bytes, info, path, ["labels", "label", "class index"], |message| DataError::labels(path, message))
+}
+
+/// Reads the optional `[N]` integer tensor `image_index`: the photo each sample was cut from.
+fn read_photo_indices(bytes: &[u8], container: &Container, path: &Path) -> Result<Option<Vec<u32>>, DataError> {
+    let Some(info) = container.get("image_index") else {
+        return Ok(None);
+    };
+    read_indices(bytes, info, path, ["image_index", "image_index entry", "photo index"], |message| {
+        DataError::safetensors(path, message)
+    })
+    .map(Some)
+}
+
+/// Reads a `[N]` tensor of any integer dtype as non-negative indices below 2³²; `names` are
+/// the tensor's name, one element's and what the values index, for the messages.
+fn read_indices(
+    bytes: &[u8],
+    info: &TensorInfo,
+    path: &Path,
+    [name, item, what]: [&str; 3],
+    error: impl Fn(String) -> DataError,
+) -> Result<Vec<u32>, DataError> {
     if info.shape.len() != 1 {
-        return Err(DataError::labels(path, format!("`labels` has shape {:?}, expected [N]", info.shape)));
+        return Err(error(format!("`{name}` has shape {:?}, expected [N]", info.shape)));
     }
     let data = tensor_bytes(bytes, info, path)?;
     let size = info.dtype.size();
@@ -75,16 +100,14 @@ fn read_labels(bytes: &[u8], info: &TensorInfo, path: &Path) -> Result<Vec<u32>,
             _ => return None,
         })
     };
-    let mut labels = Vec::with_capacity(info.shape[0]);
+    let mut values = Vec::with_capacity(info.shape[0]);
     for (i, chunk) in data.chunks_exact(size).enumerate() {
-        let value = decode(chunk).ok_or_else(|| {
-            DataError::labels(path, format!("`labels` has dtype {}, expected an integer type", info.dtype.name()))
-        })?;
-        let label = u32::try_from(value)
-            .map_err(|_| DataError::labels(path, format!("label {i} is {value}, not a class index")))?;
-        labels.push(label);
+        let value = decode(chunk)
+            .ok_or_else(|| error(format!("`{name}` has dtype {}, expected an integer type", info.dtype.name())))?;
+        let index = u32::try_from(value).map_err(|_| error(format!("{item} {i} is {value}, not a {what}")))?;
+        values.push(index);
     }
-    Ok(labels)
+    Ok(values)
 }
 
 /// Decodes float `pixel_values` elements (F32, F16 or BF16, little-endian) of the samples at
@@ -152,9 +175,13 @@ pub fn load_safetensors_dataset(path: &Path, pre: &Preprocess, opts: &LoadOption
         Some(names) => Some(names.clone()),
         None => metadata_class_names(&container, path)?,
     };
+    let photos = read_photo_indices(bytes, &container, path)?;
     let check_count = |n: usize| -> Result<(), DataError> {
-        match &labels {
-            Some(l) if l.len() != n => Err(DataError::labels(path, format!("{} labels for {n} samples", l.len()))),
+        match (&labels, &photos) {
+            (Some(l), _) if l.len() != n => Err(DataError::labels(path, format!("{} labels for {n} samples", l.len()))),
+            (_, Some(p)) if p.len() != n => {
+                Err(DataError::safetensors(path, format!("{} photo indices (`image_index`) for {n} samples", p.len())))
+            }
             _ => Ok(()),
         }
     };
@@ -186,7 +213,8 @@ pub fn load_safetensors_dataset(path: &Path, pre: &Preprocess, opts: &LoadOption
         copy_pixel_values(data, info.dtype, sample_len, &indices, &mut pixel_values, path)?;
         check_finite(path, &pixel_values, sample_len, &indices)?;
         let labels = labels.map(|l| indices.iter().map(|&i| l[i]).collect());
-        let dataset = Dataset { pixel_values, labels, n: indices.len(), c, h, w, class_names };
+        let groups = photos.map(|p| indices.iter().map(|&i| p[i]).collect());
+        let dataset = Dataset { pixel_values, labels, n: indices.len(), c, h, w, class_names, groups };
         dataset.check_labels(path)?;
         return Ok(dataset);
     }
@@ -210,5 +238,5 @@ pub fn load_safetensors_dataset(path: &Path, pre: &Preprocess, opts: &LoadOption
     check_count(n)?;
     let data = tensor_bytes(bytes, info, path)?;
     let raw = RawImages::Packed { data, count: n, height: h, width: w, channels: c };
-    build_dataset(&raw, path, labels, class_names, pre, opts)
+    build_dataset(&raw, path, labels, photos, class_names, pre, opts)
 }

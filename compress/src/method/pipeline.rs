@@ -125,7 +125,8 @@ pub struct PipelineOptions {
     pub sensitivity_work_cap: Option<f64>,
     /// Fraction of a layer's dense-equivalent rank used for the sensitivity probe.
     pub sensitivity_probe_keep: f64,
-    /// Consecutive calibration samples that come from one photo (crops); splits keep them together.
+    /// Consecutive calibration samples that come from one photo (crops); splits keep them
+    /// together. Ignored when the calibration carries [`Calibration::groups`].
     pub group_size: usize,
     /// Images per batch.
     pub batch: usize,
@@ -269,9 +270,24 @@ pub struct Calibration<'p> {
     pub count: usize,
     /// `[H, W]`.
     pub image_size: [usize; 2],
+    /// Per image, the photo it was cut from (crops, augmented copies): images with the same
+    /// value always land on the same side of the validation split, so the gates are measured
+    /// on photos the fit never saw. `None`: groups of [`PipelineOptions::group_size`]
+    /// consecutive images.
+    pub groups: Option<&'p [u32]>,
 }
 
-impl Calibration<'_> {
+impl<'p> Calibration<'p> {
+    /// The images of a loaded dataset, with its photo indices.
+    pub fn from_dataset(data: &'p crate::data::Dataset) -> Calibration<'p> {
+        Calibration {
+            pixels: &data.pixel_values,
+            count: data.n,
+            image_size: [data.h, data.w],
+            groups: data.groups.as_deref(),
+        }
+    }
+
     fn image(&self, i: usize) -> &[f32] {
         let len = self.pixels.len() / self.count.max(1);
         &self.pixels[i * len..(i + 1) * len]
@@ -303,6 +319,15 @@ impl Calibration<'_> {
                 self.count,
                 cfg.in_chans
             )));
+        }
+        if let Some(groups) = self.groups {
+            if groups.len() != self.count {
+                return Err(MethodError::Input(format!(
+                    "{} photo indices for {} calibration images",
+                    groups.len(),
+                    self.count
+                )));
+            }
         }
         Ok(())
     }
@@ -373,7 +398,7 @@ impl<'a, 'm> Run<'a, 'm> {
             cfg: model.config().clone(),
             calib: *calib,
             runner: StreamRunner::new(calib, opts),
-            splits: make_splits(calib.count, opts.validation_fraction, opts.seed, opts.group_size),
+            splits: make_splits(calib.count, opts.validation_fraction, opts.seed, opts.group_size, calib.groups),
             scales: layer::output_scales(model, opts),
             opts,
         })

@@ -30,12 +30,29 @@ impl Splits {
     }
 }
 
-/// Seeded split of `n` images into fit and validation sets. Images come in groups of
-/// `group` consecutive samples (random crops of one photo); a group is never split, so the
-/// validation images are other photos than the fit images.
-pub(super) fn make_splits(n: usize, val_fraction: f64, seed: u64, group: usize) -> Splits {
+/// Seeded split of `n` images into fit and validation sets. Images come in groups — the photo
+/// each was cut from, `photo_of[i]` when given, else `group` consecutive samples (random crops
+/// of one photo); a group is never split, so the validation images are other photos than the
+/// fit images. Groups are numbered in order of first appearance, so `photo_of = i / group`
+/// gives the same split as `group`.
+pub(super) fn make_splits(n: usize, val_fraction: f64, seed: u64, group: usize, photo_of: Option<&[u32]>) -> Splits {
     let group = group.max(1);
-    let groups = n.div_ceil(group);
+    // Dense group id of every image.
+    let ids: Vec<usize> = match photo_of {
+        Some(photos) => {
+            let mut dense = std::collections::HashMap::new();
+            photos
+                .iter()
+                .take(n)
+                .map(|p| {
+                    let next = dense.len();
+                    *dense.entry(*p).or_insert(next)
+                })
+                .collect()
+        }
+        None => (0..n).map(|i| i / group).collect(),
+    };
+    let groups = ids.iter().max().map_or(0, |m| m + 1);
     let perm = Rng::scrambled(seed ^ 0x7a11_da7e).permutation(groups);
     let nval = if groups >= 4 && val_fraction > 0.0 {
         ((groups as f64 * val_fraction).round() as usize).clamp(1, groups - 2)
@@ -43,9 +60,11 @@ pub(super) fn make_splits(n: usize, val_fraction: f64, seed: u64, group: usize) 
         0
     };
     let expand = |gs: &[usize]| -> Vec<usize> {
-        let mut v: Vec<usize> = gs.iter().flat_map(|&g| g * group..((g + 1) * group).min(n)).collect();
-        v.sort_unstable();
-        v
+        let mut chosen = vec![false; groups];
+        for &g in gs {
+            chosen[g] = true;
+        }
+        (0..n).filter(|&i| chosen[ids[i]]).collect()
     };
     Splits { fit: expand(&perm[nval..]), val: expand(&perm[..nval]) }
 }
@@ -374,7 +393,7 @@ mod tests {
     #[test]
     fn the_runner_moves_streams_like_a_whole_run() {
         let (model, pixels, n) = micro();
-        let calib = Calibration { pixels: &pixels, count: n, image_size: [0, 0] };
+        let calib = Calibration { pixels: &pixels, count: n, image_size: [0, 0], groups: None };
         // Batch 4 over 7 images: chunks of 4 and 3.
         let opts = PipelineOptions { batch: 4, threads: 1, ..PipelineOptions::default() };
         let runner = StreamRunner::new(&calib, &opts);
@@ -428,14 +447,26 @@ mod tests {
 
     #[test]
     fn splits_keep_groups_together_and_repeat() {
-        let s = make_splits(40, 0.25, 3, 4);
+        let s = make_splits(40, 0.25, 3, 4, None);
         assert_eq!(s.fit.len() + s.val.len(), 40);
         assert_eq!(s.val.len(), 12);
         for g in 0..10 {
             let in_val = s.val.contains(&(4 * g));
             assert!((4 * g..4 * g + 4).all(|i| s.val.contains(&i) == in_val));
         }
-        assert_eq!(make_splits(40, 0.25, 3, 4).val, s.val);
-        assert!(make_splits(3, 0.5, 0, 1).val.is_empty());
+        assert_eq!(make_splits(40, 0.25, 3, 4, None).val, s.val);
+        assert!(make_splits(3, 0.5, 0, 1, None).val.is_empty());
+        // Explicit photo indices: `i / 4` is the same split as groups of 4 ...
+        let photos: Vec<u32> = (0..40).map(|i| i / 4).collect();
+        let explicit = make_splits(40, 0.25, 3, 1, Some(&photos));
+        assert_eq!((explicit.fit, explicit.val), (s.fit.clone(), s.val.clone()));
+        // ... and interleaved crops (photo = i mod 10) are kept together too.
+        let interleaved: Vec<u32> = (0..40).map(|i| i % 10).collect();
+        let t = make_splits(40, 0.25, 3, 1, Some(&interleaved));
+        assert_eq!(t.fit.len() + t.val.len(), 40);
+        assert_eq!(t.val.len(), 12);
+        for &i in &t.val {
+            assert!((0..40).filter(|j| j % 10 == i % 10).all(|j| t.val.contains(&j)));
+        }
     }
 }
