@@ -8,16 +8,24 @@
 //! `(p, j)` of the panel is `values[·] as f32 · scale(j)`, exactly what
 //! [`super::MatB::at`] returns.
 
-use super::driver::NR;
 use super::types::{BLayout, MatB, QuantI8};
 
 /// Packs `B[pc..pc + kc][col..col + cols]` of int8 `q` (layout and stride of `b`) into
-/// `dst[p * NR + j]` as f32, columns `cols..NR` zero.
+/// `dst[p * NR + j]` as f32, columns `cols..NR` zero (`NR`: the panel width of the calling
+/// backend's micro-kernel).
 ///
 /// # Panics
 /// If the block lies outside `q` or its scales, or `dst` is shorter than `kc * NR` (never for
 /// the driver's calls, which stay inside the validated B).
-pub(crate) fn pack(b: &MatB<'_>, q: QuantI8<'_>, pc: usize, kc: usize, col: usize, cols: usize, dst: &mut [f32]) {
+pub(crate) fn pack<const NR: usize>(
+    b: &MatB<'_>,
+    q: QuantI8<'_>,
+    pc: usize,
+    kc: usize,
+    col: usize,
+    cols: usize,
+    dst: &mut [f32],
+) {
     let dst = &mut dst[..kc * NR];
     let ld = b.ld;
     match b.layout {

@@ -472,9 +472,15 @@ macro_rules! simd_arch {
                         (WeightSlice::F16(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
                         (WeightSlice::BF16(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
                         // `dst` is valid for `kc * NR` writes (contract).
-                        (WeightSlice::I8(q), _) => {
-                            super::quant::pack(b, q, pc, kc, col, cols, core::slice::from_raw_parts_mut(dst, kc * NR))
-                        }
+                        (WeightSlice::I8(q), _) => super::quant::pack::<NR>(
+                            b,
+                            q,
+                            pc,
+                            kc,
+                            col,
+                            cols,
+                            core::slice::from_raw_parts_mut(dst, kc * NR),
+                        ),
                     }
                 }
             }
