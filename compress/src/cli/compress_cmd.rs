@@ -168,12 +168,26 @@ pub struct Args {
     /// Adam steps after the closed-form compensation (early stopped on validation)
     #[arg(long, default_value_t = 0)]
     pub adam_steps: usize,
+    /// What the compensation's ridge pulls the weights towards: `original` (the layer's dense
+    /// weights, so input directions the calibration images hardly excite keep their response) or
+    /// `zero` (plain ridge regression)
+    #[arg(long, value_enum, default_value_t = RidgePriorArg::Zero)]
+    pub ridge_prior: RidgePriorArg,
     /// Images per batch, 1..=4096
     #[arg(long, default_value_t = 16, value_name = "N", value_parser = values::batch())]
     pub batch: usize,
     /// Worker threads, 0..=64 (0 = all cores)
     #[arg(long, default_value_t = 0, value_name = "N", value_parser = values::threads())]
     pub threads: usize,
+}
+
+/// `--ridge-prior`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RidgePriorArg {
+    /// Towards the original layer's weights.
+    Original,
+    /// Towards zero.
+    Zero,
 }
 
 /// Largest `--crops-per-image`.
@@ -247,6 +261,7 @@ pub fn pipeline_options(args: &Args, global: &Global) -> PipelineOptions {
         compensation_options: CompensationOptions {
             ridge_grid: args.ridge.clone(),
             adam_steps: args.adam_steps,
+            ridge_towards_original: args.ridge_prior == RidgePriorArg::Original,
             ..CompensationOptions::default()
         },
         whitening_ridge: args.whitening_ridge.clone(),

@@ -39,6 +39,9 @@ pub struct SplitLoss {
     mean_c: Vec<f64>,
     /// `μ_t`: `W μ_o + b` for the layer's own output.
     target_mean: Vec<f64>,
+    /// The original layer's weights (`m × n`, the units of `cross`): what the ridge pulls the
+    /// compensated weights towards when [`CompensationOptions::ridge_towards_original`] is set.
+    prior: Option<Matrix>,
 }
 
 impl SplitLoss {
@@ -63,7 +66,7 @@ impl SplitLoss {
         let target_mean = (0..w.nrows())
             .map(|i| (0..w.ncols()).map(|j| w[(i, j)] * mean_o[j]).sum::<f64>() + bias.map_or(0.0, |b| b[i]))
             .collect();
-        SplitLoss { cov_c, cross, target_variance, mean_c: moments.c.mean(), target_mean }
+        SplitLoss { cov_c, cross, target_variance, mean_c: moments.c.mean(), target_mean, prior: None }
     }
 
     /// The loss towards an explicit per-token target `t`: `L = E‖Ŵ x_c + b̂ − t‖²`
@@ -84,6 +87,28 @@ impl SplitLoss {
             target_variance: target.trace_covariance(),
             mean_c,
             target_mean: target.mean(),
+            prior: None,
+        }
+    }
+
+    /// The same loss with the original weights `w` as the ridge's prior (see
+    /// [`CompensationOptions::ridge_towards_original`]).
+    pub fn with_prior(mut self, w: &Matrix) -> SplitLoss {
+        self.prior = Some(w.clone());
+        self
+    }
+
+    /// The regression target of ridge `shift`: `Cov(t, x_c) + shift·W₀` with the prior `W₀`,
+    /// else `Cov(t, x_c)`. Minimising `L(Ŵ) + shift‖Ŵ − W₀‖²` over rank `r` is the truncated SVD
+    /// of `(Cov(t, x_c) + shift·W₀)(C_cc + shift·I)⁻¹` in the metric `C_cc + shift·I`.
+    fn ridge_target(&self, shift: f64, towards_original: bool) -> std::borrow::Cow<'_, Matrix> {
+        match (&self.prior, towards_original) {
+            (Some(w), true) if shift > 0.0 => {
+                std::borrow::Cow::Owned(Mat::from_fn(self.cross.nrows(), self.cross.ncols(), |i, j| {
+                    self.cross[(i, j)] + shift * w[(i, j)]
+                }))
+            }
+            _ => std::borrow::Cow::Borrowed(&self.cross),
         }
     }
 
@@ -165,6 +190,11 @@ pub struct CompensationOptions {
     pub adam_steps: usize,
     /// Adam learning rate, relative to the RMS of the factors.
     pub adam_lr: f64,
+    /// The ridge pulls the compensated weights towards the original layer's (`‖Ŵ − W‖²`)
+    /// instead of towards zero (`‖Ŵ‖²`), where the fit loss carries the original weights
+    /// ([`SplitLoss::with_prior`]): input directions the calibration images hardly excite keep
+    /// the original layer's response instead of losing it.
+    pub ridge_towards_original: bool,
 }
 
 impl Default for CompensationOptions {
@@ -175,6 +205,7 @@ impl Default for CompensationOptions {
             sparse_iterations: 4,
             adam_steps: 0,
             adam_lr: 1e-3,
+            ridge_towards_original: false,
         }
     }
 }
@@ -253,14 +284,16 @@ pub fn compensate_layer_with(
             if nnz > 0 {
                 return Ok(None);
             }
-            let svd = WhitenedSvd::compute_cholesky(&fit_loss.cross, &fit_loss.cov_c, ridge * mean_eig, rank)?;
+            let shift = ridge * mean_eig;
+            let target = fit_loss.ridge_target(shift, opts.ridge_towards_original);
+            let svd = WhitenedSvd::compute_cholesky(&target, &fit_loss.cov_c, shift, rank)?;
             Ok(svd.map(|svd| {
                 let (u, v) = svd.factors(rank);
                 Approximation { u, v, sparse: None }
             }))
         })
         .collect::<Result<_, _>>()?;
-    let mut eigen: Option<(linalg::SymEigen, Matrix)> = None; // (eig of C_cc, cross·E)
+    let mut eigen: Option<(linalg::SymEigen, Matrix, Option<Matrix>)> = None; // (eig of C_cc, cross·E, W₀·E)
     let mut best: Option<(Candidate, f64, f64, f64)> = None; // (candidate, ridge, fit, val)
     for (&ridge, closed) in opts.ridge_grid.iter().zip(by_cholesky) {
         let approx = match closed {
@@ -269,12 +302,19 @@ pub fn compensate_layer_with(
                 if eigen.is_none() {
                     let eig = linalg::sym_eigen(fit_loss.cov_c.as_ref())?;
                     let cross_rot = linalg::mul(fit_loss.cross.as_ref(), eig.vectors.as_ref());
-                    eigen = Some((eig, cross_rot));
+                    let prior_rot = (opts.ridge_towards_original)
+                        .then_some(fit_loss.prior.as_ref())
+                        .flatten()
+                        .map(|w| linalg::mul(w.as_ref(), eig.vectors.as_ref()));
+                    eigen = Some((eig, cross_rot, prior_rot));
                 }
-                let (eig, cross_rot) = eigen.as_ref().expect("computed above");
-                let metric = Metric::from_eigen(eig, ridge * mean_eig, opts.rel_floor);
-                let target_rot =
-                    Mat::from_fn(cross_rot.nrows(), cross_rot.ncols(), |i, j| cross_rot[(i, j)] / metric.values[j]);
+                let (eig, cross_rot, prior_rot) = eigen.as_ref().expect("computed above");
+                let shift = ridge * mean_eig;
+                let metric = Metric::from_eigen(eig, shift, opts.rel_floor);
+                let target_rot = Mat::from_fn(cross_rot.nrows(), cross_rot.ncols(), |i, j| match prior_rot {
+                    Some(p) => (cross_rot[(i, j)] + shift * p[(i, j)]) / metric.values[j],
+                    None => cross_rot[(i, j)] / metric.values[j],
+                });
                 if nnz == 0 {
                     let svd = WhitenedSvd::compute_rotated(&target_rot, &metric)?;
                     let (u, v) = svd.factors(rank);
@@ -449,6 +489,43 @@ mod tests {
         let approx = Approximation { u, v, sparse: None };
         let b = corrected_bias(w, &approx.dense(), Some(bias), &pm.o.mean());
         Candidate { approx, bias: b }
+    }
+
+    #[test]
+    fn ridge_towards_the_original_keeps_unexcited_directions() {
+        // Inputs that never excite the last two dimensions: plain ridge regression zeroes the
+        // weights there, the ridge towards the original layer keeps them (exactly, at full rank:
+        // W* = (C_tc + λW)(C + λI)⁻¹ is W on a direction where C and C_tc vanish).
+        let (m, n) = (4, 6);
+        let (mut xc, mut xo) = streams(400, n, 5, 0.05);
+        for r in 0..400 {
+            for i in 4..n {
+                xc[r * n + i] = 0.0;
+                xo[r * n + i] = 0.0;
+            }
+        }
+        let pm = moments(&xc, &xo, n);
+        let mut rng = Rng::scrambled(8);
+        let w = Mat::from_fn(m, n, |_, _| rng.normal());
+        let bias: Vec<f64> = (0..m).map(|_| rng.normal()).collect();
+        let start = start_candidate(&w, &bias, &pm, m);
+        for towards_original in [false, true] {
+            let opts = CompensationOptions {
+                ridge_grid: vec![1e-2],
+                ridge_towards_original: towards_original,
+                ..CompensationOptions::default()
+            };
+            let loss = SplitLoss::new(&w, Some(&bias), &pm).with_prior(&w);
+            let out = compensate_layer_with(&start, &loss, None, &opts).unwrap();
+            assert!(out.accepted, "towards original {towards_original}");
+            let dense = out.result.approx.dense();
+            for i in 0..m {
+                for j in 4..n {
+                    let want = if towards_original { w[(i, j)] } else { 0.0 };
+                    assert!((dense[(i, j)] - want).abs() < 1e-9, "{towards_original}: Ŵ[{i}][{j}] = {}", dense[(i, j)]);
+                }
+            }
+        }
     }
 
     #[test]

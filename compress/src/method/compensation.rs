@@ -177,7 +177,8 @@ impl BlockLayer {
                 }
             })
         };
-        Ok([split_loss(0)?, split_loss(1)?])
+        // The fit loss carries the original weights for a ridge towards them.
+        Ok([split_loss(0)?.with_prior(&w), split_loss(1)?])
     }
 }
 
