@@ -171,7 +171,7 @@ pub struct Args {
     /// What the compensation's ridge pulls the weights towards: `original` (the layer's dense
     /// weights, so input directions the calibration images hardly excite keep their response) or
     /// `zero` (plain ridge regression)
-    #[arg(long, value_enum, default_value_t = RidgePriorArg::Zero)]
+    #[arg(long, value_enum, default_value_t = RidgePriorArg::Original)]
     pub ridge_prior: RidgePriorArg,
     /// Images per batch, 1..=4096
     #[arg(long, default_value_t = 16, value_name = "N", value_parser = values::batch())]

@@ -205,7 +205,7 @@ impl Default for CompensationOptions {
             sparse_iterations: 4,
             adam_steps: 0,
             adam_lr: 1e-3,
-            ridge_towards_original: false,
+            ridge_towards_original: true,
         }
     }
 }
