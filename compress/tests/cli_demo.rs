@@ -124,3 +124,34 @@ fn demo_rejects_bad_budgets() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).starts_with("error: "));
 }
+
+/// `bench --profile`: every op kind (then `other`) in each report of `--json`, shares that add
+/// up to at most 1, and the table in text mode. No time is asserted.
+#[test]
+fn bench_profile_lists_every_op_kind() {
+    let model = "runtime/tests/data/tiny.fvit";
+    let args = ["bench", "--model", model, "--threads", "1,2", "--runs", "2", "--min-time", "0", "--profile"];
+    let o = factorvit(&[&args[..], &["--json"]].concat());
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+    let reports = v["models"][0].as_array().unwrap();
+    assert_eq!(reports.len(), 2);
+    let ops =
+        ["patch_embed", "norm", "qkv", "attn_scores", "softmax", "attn_v", "proj", "fc1_gelu", "fc2", "head", "other"];
+    for r in reports {
+        let rows = r["profile"].as_array().expect("profile rows");
+        let names: Vec<&str> = rows.iter().map(|row| row["op"].as_str().unwrap()).collect();
+        assert_eq!(names, ops);
+        let shares: f64 = rows.iter().map(|row| row["share"].as_f64().unwrap()).sum();
+        assert!(shares <= 1.0 + 1e-9 && shares > 0.0, "shares {shares}");
+        assert!(rows.iter().all(|row| row["ms"].as_f64().unwrap() >= 0.0));
+    }
+    // Without --profile there is no profile key.
+    let o = factorvit(&["bench", "--model", model, "--threads", "1", "--runs", "1", "--min-time", "0", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+    assert!(v["models"][0][0].get("profile").is_none());
+    let o = factorvit(&args);
+    assert_eq!(o.status.code(), Some(0));
+    let out = text(&o.stdout);
+    assert!(out.contains("profile with 2 thread(s), per run:") && out.contains("fc1_gelu"), "{out}");
+}

@@ -66,47 +66,29 @@ impl Avx512 {
 
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn exp16(x: __m512) -> __m512 {
-    // SAFETY: register-only intrinsics; the CPU features are the module contract.
-    unsafe {
-        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.336_54)), _mm512_set1_ps(88.376_26));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_add_ps(
-            _mm512_mul_ps(x, _mm512_set1_ps(core::f32::consts::LOG2_E)),
-            _mm512_set1_ps(0.5),
-        ));
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.398_199_9e-3));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.333_452e-3));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.166_579_6e-2));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.666_666_5e-1));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
-        let y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0));
-        let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)));
-        _mm512_mul_ps(y, _mm512_castsi512_ps(e))
-    }
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn erf16(x: __m512) -> __m512 {
     // SAFETY: register-only intrinsics; the CPU features are the module contract.
     unsafe {
+        use super::scalar::{ERF_P, ERF_Q};
+        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-4.0)), _mm512_set1_ps(4.0));
+        let x2 = _mm512_mul_ps(x, x);
+        let mut p = _mm512_set1_ps(ERF_P[6]);
+        for &c in ERF_P[..6].iter().rev() {
+            p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(c));
+        }
+        let mut q = _mm512_set1_ps(ERF_Q[4]);
+        for &c in ERF_Q[..4].iter().rev() {
+            q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(c));
+        }
+        let r = _mm512_div_ps(_mm512_mul_ps(x, p), q);
+        // |x| ≥ 4: exactly ±1, as `x86::erf8`.
         let sign = _mm512_set1_epi32(i32::MIN);
-        let xi = _mm512_castps_si512(x);
-        let ax = _mm512_castsi512_ps(_mm512_andnot_si512(sign, xi));
-        let one = _mm512_set1_ps(1.0);
-        let t = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(0.327_591_1), ax, one));
-        let mut p = _mm512_set1_ps(1.061_405_4);
-        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453_152_1));
-        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421_413_8));
-        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284_496_74));
-        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254_829_6));
-        p = _mm512_mul_ps(p, t);
-        let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(ax, ax)));
-        let y = _mm512_fnmadd_ps(p, e, one);
-        _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(y), _mm512_and_si512(xi, sign)))
+        let sat = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(x), _mm512_set1_ps(4.0));
+        let one = _mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_castps_si512(_mm512_set1_ps(1.0)),
+            _mm512_and_si512(_mm512_castps_si512(x), sign),
+        ));
+        _mm512_mask_blend_ps(sat, r, one)
     }
 }
 

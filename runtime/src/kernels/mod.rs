@@ -1,8 +1,9 @@
 //! Numeric kernels: GEMM with f32/f16/bf16/int8 weights, sparse CSR add, LayerNorm, softmax, GELU.
 //!
 //! One dispatch point (the kernel table of a [`Backend`], see `backend.rs`) selects per-ISA
-//! implementations: `x86` (AVX2 + FMA + F16C, detected at run time and cached), `aarch64` (NEON)
-//! and `scalar` (portable, always available, used on `no_std` targets). Every SIMD kernel is tested against the scalar one and against a
+//! implementations: `x86` (AVX2 + FMA + F16C, detected at run time and cached), `avx512` (an
+//! opt-in AVX-512F GEMM over the AVX2 kernels, `FACTORVIT_AVX512=1`, bit-identical to AVX2),
+//! `aarch64` (NEON) and `scalar` (portable, always available, used on `no_std` targets). Every SIMD kernel is tested against the scalar one and against a
 //! naive reference.
 //!
 //! Conventions: matrices are row-major with an explicit leading dimension (row stride, in
