@@ -228,6 +228,10 @@ unsafe fn pack_b(b: &MatB<'_>, pc: usize, kc: usize, col: usize, cols: usize, ds
             (WeightSlice::F32(w), BLayout::KN) => pack_kn(w.as_ptr().add(off), ld, kc, cols, dst),
             (WeightSlice::F16(w), BLayout::KN) => pack_kn::<f16>(w.as_ptr().add(off), ld, kc, cols, dst),
             (WeightSlice::BF16(w), BLayout::KN) => pack_kn::<bf16>(w.as_ptr().add(off), ld, kc, cols, dst),
+            // `dst` is valid for `kc * NR` writes (contract).
+            (WeightSlice::I8(q), _) => {
+                super::quant::pack_panel::<NR>(b, q, pc, kc, col, cols, core::slice::from_raw_parts_mut(dst, kc * NR))
+            }
         }
     }
 }

@@ -18,7 +18,24 @@ use super::types::{BLayout, MatB, QuantI8};
 /// If the block lies outside `q` or its scales, or `dst` is shorter than `kc * NR` (never for
 /// the driver's calls, which stay inside the validated B).
 pub(crate) fn pack(b: &MatB<'_>, q: QuantI8<'_>, pc: usize, kc: usize, col: usize, cols: usize, dst: &mut [f32]) {
-    let dst = &mut dst[..kc * NR];
+    pack_panel::<NR>(b, q, pc, kc, col, cols, dst)
+}
+
+/// [`pack`] for a panel of `W` columns (`dst[p * W + j]`): the AVX-512 backend's panels are wider
+/// than the driver's `NR`.
+///
+/// # Panics
+/// As [`pack`], with `W` in place of `NR`.
+pub(crate) fn pack_panel<const W: usize>(
+    b: &MatB<'_>,
+    q: QuantI8<'_>,
+    pc: usize,
+    kc: usize,
+    col: usize,
+    cols: usize,
+    dst: &mut [f32],
+) {
+    let dst = &mut dst[..kc * W];
     let ld = b.ld;
     match b.layout {
         BLayout::NK => {
@@ -26,27 +43,27 @@ pub(crate) fn pack(b: &MatB<'_>, q: QuantI8<'_>, pc: usize, kc: usize, col: usiz
                 let s = q.scale(col + j);
                 let row = &q.values[(col + j) * ld + pc..(col + j) * ld + pc + kc];
                 for (p, &v) in row.iter().enumerate() {
-                    dst[p * NR + j] = f32::from(v) * s;
+                    dst[p * W + j] = f32::from(v) * s;
                 }
             }
         }
         BLayout::KN => {
-            let mut scale = [0.0f32; NR];
+            let mut scale = [0.0f32; W];
             for (j, s) in scale.iter_mut().enumerate().take(cols) {
                 *s = q.scale(col + j);
             }
             for p in 0..kc {
                 let row = &q.values[(pc + p) * ld + col..(pc + p) * ld + col + cols];
-                let d = &mut dst[p * NR..p * NR + cols];
+                let d = &mut dst[p * W..p * W + cols];
                 for ((x, &v), &s) in d.iter_mut().zip(row).zip(&scale) {
                     *x = f32::from(v) * s;
                 }
             }
         }
     }
-    if cols < NR {
+    if cols < W {
         for p in 0..kc {
-            dst[p * NR + cols..(p + 1) * NR].fill(0.0);
+            dst[p * W + cols..(p + 1) * W].fill(0.0);
         }
     }
 }
