@@ -225,7 +225,7 @@ fn eval_reports_knn_retrieval_agreement_for_backbones() {
     let write = |name: &str, n: usize, labels: Option<&[i64]>| {
         let path = tmp.join(name);
         let mut t = std::collections::BTreeMap::new();
-        t.insert("pixel_values".to_string(), f16_tensor(&[n, 3, 42, 42], 11));
+        t.insert("pixel_values".to_string(), f16_tensor(&[n, 3, 56, 56], 11));
         if let Some(l) = labels {
             let data = l.iter().flat_map(|v| v.to_le_bytes()).collect();
             t.insert(
@@ -236,7 +236,9 @@ fn eval_reports_knn_retrieval_agreement_for_backbones() {
         write_tensors(&path, &t);
         path
     };
-    let eight = write("eight.safetensors", 8, Some(&[0, 0, 0, 0, 1, 1, 1, 1]));
+    // Labels 0 (4 images, 6 candidates of the other label each: top-1 and top-5) and 1 (6 images,
+    // 4 candidates: top-1 only).
+    let ten = write("ten.safetensors", 10, Some(&[0, 0, 0, 0, 1, 1, 1, 1, 1, 1]));
     let three = write("three.safetensors", 3, None);
     let two = write("two.safetensors", 2, None);
     // A perturbed copy of the model: different features, same outputs.
@@ -267,16 +269,16 @@ fn eval_reports_knn_retrieval_agreement_for_backbones() {
         v
     };
     // The model against itself: every neighbour agrees.
-    let same: serde_json::Value = serde_json::from_str(eval(&model, &eight, true).trim()).unwrap();
+    let same: serde_json::Value = serde_json::from_str(eval(&model, &ten, true).trim()).unwrap();
     assert_eq!(keys(&same.to_string()), sorted(&[&old, &knn, &other]));
     for k in knn.iter().chain(&other) {
         assert_eq!(same[k].as_f64(), Some(1.0), "{k}: {same}");
     }
-    let table = eval(&model, &eight, false);
+    let table = eval(&model, &ten, false);
     assert!(table.contains("kNN top-1 agreement 100.00%  kNN top-5 overlap 100.00%"), "{table}");
     assert!(table.contains("other-label kNN top-1 agreement 100.00%"), "{table}");
     // A perturbed model: fractions in [0, 1] (their values depend on the features).
-    let diff: serde_json::Value = serde_json::from_str(eval(perturbed.path(), &eight, true).trim()).unwrap();
+    let diff: serde_json::Value = serde_json::from_str(eval(perturbed.path(), &ten, true).trim()).unwrap();
     for k in knn.iter().chain(&other) {
         assert!(diff[k].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)), "{k}: {diff}");
     }
