@@ -262,7 +262,8 @@ fn eval_reports_knn_retrieval_agreement_for_backbones() {
     };
     let old = ["n", "pooled_cosine", "token_cosine"];
     let knn = ["knn_top1_agreement", "knn_top5_overlap"];
-    let other = ["knn_top1_agreement_other_labels", "knn_top5_overlap_other_labels"];
+    let other =
+        ["knn_top1_agreement_other_labels", "knn_top5_overlap_other_labels", "knn_top1_label_agreement_other_labels"];
     let sorted = |parts: &[&[&str]]| {
         let mut v: Vec<String> = parts.iter().flat_map(|p| p.iter().map(|s| s.to_string())).collect();
         v.sort();

@@ -27,7 +27,8 @@ fraction of images whose nearest other image by cosine of pooler_output is the s
 model's features as with the reference's (knn_top1_agreement), and the mean overlap of the 5
 nearest (knn_top5_overlap, at least 7 images). With labels (for a backbone: groups, e.g. the
 crops of one photo) the same with neighbours restricted to images of another label
-(knn_top1_agreement_other_labels, knn_top5_overlap_other_labels).";
+(knn_top1_agreement_other_labels, knn_top5_overlap_other_labels), and the fraction whose
+nearest image of another label has the same label with both (knn_top1_label_agreement_other_labels).";
 
 /// Arguments of `factorvit eval`.
 #[derive(Debug, clap::Args)]
@@ -169,6 +170,7 @@ fn print_metrics(path: &std::path::Path, m: &Metrics, json: bool, name_it: bool)
         ("kNN top-5 overlap", m.knn_top5_overlap),
         ("other-label kNN top-1 agreement", m.knn_top1_agreement_other_labels),
         ("other-label kNN top-5 overlap", m.knn_top5_overlap_other_labels),
+        ("other-label kNN top-1 label agreement", m.knn_top1_label_agreement_other_labels),
     ] {
         if let Some(v) = pct(value) {
             parts.push(format!("{name} {v}"));

@@ -192,6 +192,11 @@ pub struct Metrics {
     /// As `knn_top5_overlap` with the neighbours restricted to images of another label.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub knn_top5_overlap_other_labels: Option<f64>,
+    /// With labels: fraction of images whose top-1 neighbour among images of another label has
+    /// the same label with the model's features as with the reference's (e.g. which other photo
+    /// a crop retrieves, whichever crop of it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub knn_top1_label_agreement_other_labels: Option<f64>,
 }
 
 /// Agreement of nearest-neighbour retrieval between two sets of features of the same images
@@ -204,6 +209,9 @@ pub struct KnnAgreement {
     /// Mean over the images with at least 6 candidates of `|A ∩ B| / 5` for their 5 nearest
     /// neighbours `A`, `B`; `None` when no image has 6 candidates.
     pub top5_overlap: Option<f64>,
+    /// With groups: fraction of the images counted in `top1` whose two top-1 neighbours are in
+    /// the same group (`None` without groups).
+    pub top1_group: Option<f64>,
 }
 
 /// The rows of `features` (`[n, dim]`) scaled to unit length (zero rows stay zero), in f64.
@@ -258,6 +266,7 @@ pub fn knn_agreement(
     }
     let (r, m) = (unit_rows(reference, dim), unit_rows(model, dim));
     let (mut top1, mut top1_count, mut top5, mut top5_count) = (0usize, 0usize, 0.0f64, 0usize);
+    let mut top1_group = 0usize;
     for i in 0..n {
         let candidates: Vec<usize> = (0..n).filter(|&j| j != i && groups.map_or(true, |g| g[j] != g[i])).collect();
         if candidates.len() < 2 {
@@ -267,6 +276,7 @@ pub fn knn_agreement(
         let (nr, nm) = (nearest(&r, dim, i, &candidates, k), nearest(&m, dim, i, &candidates, k));
         top1_count += 1;
         top1 += usize::from(nr[0] == nm[0]);
+        top1_group += usize::from(groups.is_some_and(|g| g[nr[0]] == g[nm[0]]));
         if k == 5 {
             top5_count += 1;
             top5 += nr.iter().filter(|j| nm.contains(j)).count() as f64 / 5.0;
@@ -275,6 +285,7 @@ pub fn knn_agreement(
     Ok(KnnAgreement {
         top1: (top1_count > 0).then(|| top1 as f64 / top1_count as f64),
         top5_overlap: (top5_count > 0).then(|| top5 / top5_count as f64),
+        top1_group: (groups.is_some() && top1_count > 0).then(|| top1_group as f64 / top1_count as f64),
     })
 }
 
@@ -344,6 +355,7 @@ pub fn metrics(
                     let across = knn_agreement(&r.pooler_output, &outputs.pooler_output, n, d, Some(labels))?;
                     m.knn_top1_agreement_other_labels = across.top1;
                     m.knn_top5_overlap_other_labels = across.top5_overlap;
+                    m.knn_top1_label_agreement_other_labels = across.top1_group;
                 }
             }
         }
@@ -377,7 +389,7 @@ mod tests {
     fn knn_agreement_of_identical_features_is_one() {
         let f = circle(&[0.0, 1.0, 3.0, 7.0, 12.0, 20.0, 30.0]);
         let a = knn_agreement(&f, &f, 7, 2, None).unwrap();
-        assert_eq!(a, KnnAgreement { top1: Some(1.0), top5_overlap: Some(1.0) });
+        assert_eq!(a, KnnAgreement { top1: Some(1.0), top5_overlap: Some(1.0), top1_group: None });
         // Scaling rows does not change cosine neighbours.
         let scaled: Vec<f32> = f.iter().enumerate().map(|(i, &v)| v * (1 + i / 2) as f32).collect();
         assert_eq!(knn_agreement(&f, &scaled, 7, 2, None).unwrap(), a);
@@ -401,7 +413,17 @@ mod tests {
         // Groups {0, 1} and {2, 3}, neighbours only in the other group. Reference: 0→2 (100° vs
         // 115°), 1→2, 2→1 (90° vs 100°), 3→1; moved: 0→3 (50° vs 100°), 1→3, 2→1, 3→1: 2 of 4.
         let groups = [0, 0, 1, 1];
-        assert_eq!(knn_agreement(&reference, &moved, 4, 2, Some(&groups)).unwrap().top1, Some(0.5));
+        let across = knn_agreement(&reference, &moved, 4, 2, Some(&groups)).unwrap();
+        assert_eq!(across.top1, Some(0.5));
+        // The two disagreements (0 and 1 retrieve 3 instead of 2) stay within group 1.
+        assert_eq!(across.top1_group, Some(1.0));
+        // Groups {0, 1}, {2}, {3} at 0°, 10°, 100°, 200°: top-1 neighbours among other groups
+        // 2, 2, 1 (90°; 0 and 3 are 100°), 2. Image 3 moved to 140°: 2's neighbour becomes 3
+        // (40°), of another group than 1; the others keep theirs: 3 of 4 for both.
+        let g = [0, 0, 1, 2];
+        let (r3, m3) = (circle(&[0.0, 10.0, 100.0, 200.0]), circle(&[0.0, 10.0, 100.0, 140.0]));
+        let a = knn_agreement(&r3, &m3, 4, 2, Some(&g)).unwrap();
+        assert_eq!((a.top1, a.top1_group), (Some(0.75), Some(0.75)));
         // A group of its own leaves an image 1 candidate: it is not counted.
         let alone = [0, 0, 0, 1];
         let a = knn_agreement(&reference, &moved, 4, 2, Some(&alone)).unwrap();
@@ -436,7 +458,7 @@ mod tests {
         // Fewer than 2 candidates everywhere: nothing to compare.
         assert_eq!(
             knn_agreement(&f[..4], &f[..4], 2, 2, None).unwrap(),
-            KnnAgreement { top1: None, top5_overlap: None }
+            KnnAgreement { top1: None, top5_overlap: None, top1_group: None }
         );
         let mut bad = f.clone();
         bad[2] = f32::NAN;
