@@ -1,13 +1,13 @@
 //! The opt-in AVX-512 backend (`FACTORVIT_AVX512=1`, x86-64 with AVX-512F, Rust ≥ 1.89): its
 //! GEMM (12 × 32 tiles) must give the same bits as the AVX2 backend on shapes that are multiples
-//! of neither tile, every weight dtype, layout and epilogue, several k blocks, and with a scratch
+//! of neither tile, every weight dtype (int8 with per-channel scales too), layout and epilogue, several k blocks, and with a scratch
 //! made for AVX2 (falls back); and be within the f32 error bound of a naive f64 reference. A
 //! whole session must give the same logits on either backend, on 1 and 2 threads.
 //!
 //! This file is its own test binary because the backend is detected once per process: the only
 //! test sets the variable before anything detects. Elsewhere it prints why it skipped.
 
-use factorvit::kernels::{gemm, BLayout, Backend, Epilogue, Gemm, MatB, Scratch, WeightSlice};
+use factorvit::kernels::{gemm, BLayout, Backend, Epilogue, Gemm, MatB, QuantI8, Scratch, WeightSlice};
 use factorvit::{Model, SessionOptions};
 use half::{bf16, f16};
 
@@ -31,6 +31,8 @@ enum Store {
     F32(Vec<f32>),
     F16(Vec<f16>),
     BF16(Vec<bf16>),
+    /// Int8 values and one scale per output channel.
+    I8(Vec<i8>, Vec<f32>),
 }
 
 impl Store {
@@ -39,6 +41,7 @@ impl Store {
             Store::F32(v) => WeightSlice::F32(v),
             Store::F16(v) => WeightSlice::F16(v),
             Store::BF16(v) => WeightSlice::BF16(v),
+            Store::I8(v, s) => WeightSlice::I8(QuantI8 { values: v, scales: Some(s) }),
         }
     }
 }
@@ -117,7 +120,7 @@ fn avx512_is_bit_identical_to_avx2_and_within_bounds_of_naive() {
     }
     for &(m, n, k) in &shapes {
         for layout in [BLayout::NK, BLayout::KN] {
-            for dt in 0..3 {
+            for dt in 0..4 {
                 for pad in [0, 5] {
                     let (lda, ldc) = (k + pad, n + pad);
                     let (brows, bcols) = if layout == BLayout::NK { (n, k) } else { (k, n) };
@@ -126,7 +129,11 @@ fn avx512_is_bit_identical_to_avx2_and_within_bounds_of_naive() {
                     let b = match dt {
                         0 => Store::F32(bv),
                         1 => Store::F16(bv.iter().map(|&x| f16::from_f32(x)).collect()),
-                        _ => Store::BF16(bv.iter().map(|&x| bf16::from_f32(x)).collect()),
+                        2 => Store::BF16(bv.iter().map(|&x| bf16::from_f32(x)).collect()),
+                        _ => Store::I8(
+                            bv.iter().map(|&x| (x * 127.0).round() as i8).collect(),
+                            (0..n).map(|_| rng.f().abs() / 64.0 + 1e-3).collect(),
+                        ),
                     };
                     let cs = Case {
                         m,
