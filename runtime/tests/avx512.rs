@@ -1,7 +1,8 @@
 //! The opt-in AVX-512 backend (`FACTORVIT_AVX512=1`, x86-64 with AVX-512F, Rust ≥ 1.89): its
 //! GEMM (12 × 32 tiles) must give the same bits as the AVX2 backend on shapes that are multiples
-//! of neither tile, every weight dtype (int8 with per-channel scales too), layout and epilogue, several k blocks, and with a scratch
-//! made for AVX2 (falls back); and be within the f32 error bound of a naive f64 reference. A
+//! of neither tile, every weight dtype (int8 with per-channel scales too), layout and epilogue,
+//! several k blocks, and with a scratch made for AVX2 (falls back); and be within the f32 error
+//! bound of a naive f64 reference. A
 //! whole session must give the same logits on either backend, on 1 and 2 threads.
 //!
 //! This file is its own test binary because the backend is detected once per process: the only
