@@ -261,8 +261,8 @@ pub fn knn_agreement(
     if dim == 0 || n.checked_mul(dim) != Some(reference.len()) || reference.len() != model.len() {
         return Err(MethodError::Input(format!("the features do not hold {n} images of width {dim}")));
     }
-    if groups.is_some_and(|g| g.len() != n) {
-        return Err(MethodError::Input(format!("the groups do not hold {n} images")));
+    if let Some(g) = groups.filter(|g| g.len() != n) {
+        return Err(MethodError::Input(format!("{} labels (groups) for {n} images", g.len())));
     }
     let (r, m) = (unit_rows(reference, dim), unit_rows(model, dim));
     let (mut top1, mut top1_count, mut top5, mut top5_count) = (0usize, 0usize, 0.0f64, 0usize);
