@@ -10,11 +10,16 @@
 #   M7 M5 with layer-only targets        --sparse $SPARSE --no-residual-target
 # at Fashion-MNIST keep 0.4/0.2/0.1 (fmnist-deit-tiny, optionally fmnist-deit-small) and DINOv2
 # keep 0.7/0.6/0.5, each with its quality metric, file size and compression time; then the
-# "large to small" row (fmnist-deit-small compressed to fmnist-deit-tiny's parameter count).
+# "large to small" row (fmnist-deit-small compressed to fmnist-deit-tiny's parameter count); and
+# the downstream figures of DINOv2 (issue 16): the CLI defaults at keep 0.7 and 0.5 (DOWNSTREAM_KEEPS) with the
+# small skimage15 calibration set (60 crops), evaluated by kNN retrieval agreement on the
+# held-out crop set of scripts/retrieval-set.py (96 crops of 6 photos no calibration set uses) and
+# by linear-probe agreement on 1,000 Fashion-MNIST images upscaled to 224 (scripts/linear-probe.py).
 #
 # Usage: scripts/results.sh [OUT_DIR]      (environment: SHARED, FMNIST, MODELS, STEPS, SPARSE,
-#                                          CALIB_COUNT, DINO_CROPS, DINO_KEEPS, THREADS)
-# STEPS selects parts: "fmnist dino small2tiny" (default: all three); ROW_IDS selects ablation
+#                                          CALIB_COUNT, DINO_CROPS, DINO_KEEPS, DOWNSTREAM_KEEPS,
+#                                          THREADS)
+# STEPS selects parts: "fmnist dino small2tiny downstream" (default: all four); ROW_IDS selects ablation
 # rows by number (default: "1 2 3 4 5 6 7"), e.g. ROW_IDS="1 2 3 4" for the rows without
 # compensation.
 set -euo pipefail
@@ -23,11 +28,12 @@ OUT="${1:-target/results}"
 SHARED="${SHARED:-/work/shared}"
 FMNIST="${FMNIST:-/usr/share/datasets/fashion-mnist}"
 MODELS="${MODELS:-fmnist-deit-tiny}"
-STEPS="${STEPS:-fmnist dino small2tiny}"
+STEPS="${STEPS:-fmnist dino small2tiny downstream}"
 SPARSE="${SPARSE:-0.25}"
 CALIB_COUNT="${CALIB_COUNT:-256}"
 DINO_CROPS="${DINO_CROPS:-8}"
 DINO_KEEPS="${DINO_KEEPS:-0.7 0.6 0.5}"
+DOWNSTREAM_KEEPS="${DOWNSTREAM_KEEPS:-0.7 0.5}"
 THREADS="${THREADS:-0}"
 ROW_IDS="${ROW_IDS:-1 2 3 4 5 6 7}"
 mkdir -p "$OUT"
@@ -147,5 +153,41 @@ r = json.loads(sys.argv[1]); t = json.loads(sys.argv[2])
 print(f"| fmnist-deit-small compressed (--match-model tiny) | {sys.argv[3]} | {100*r['top1']:.2f} | {100*r['agreement']:.2f} | {float(sys.argv[4]):.0f} |")
 print(f"| fmnist-deit-tiny trained | {sys.argv[5]} | {100*t['top1']:.2f} | - | - |")
 PY
+fi
+if [[ " $STEPS " == *" downstream "* ]]; then
+  dense="$SHARED/models/dinov2-small-imgfocus"
+  calib="$OUT/calib60.safetensors"
+  python3 scripts/calib-set.py --source skimage15 --crops-per-photo 4 -o "$calib" >&2
+  bash scripts/retrieval-photos.sh "$OUT/retrieval-photos" >&2
+  exclude=(); [ -d "$OUT/dinov2-calib" ] && exclude=(--exclude "$OUT/dinov2-calib")
+  python3 scripts/retrieval-set.py --source "$OUT/retrieval-photos" --crops-per-photo 16 "${exclude[@]}" \
+    -o "$OUT/retrieval96.safetensors" >&2
+  names=(); infos=()
+  for keep in $DOWNSTREAM_KEEPS; do
+    info=$(compress "downstream-k$keep" "$dense" "$calib" --keep "$keep")
+    names+=("$OUT/downstream-k$keep.fvit"); infos+=("$keep|$info")
+  done
+  say ""
+  say "### dinov2-small-imgfocus downstream: kNN retrieval on 96 held-out crops (6 photos x 16), CLI defaults, skimage15 calibration (60 crops)"
+  say ""
+  say "| keep | pooled cosine | kNN top-1 agreement % | kNN top-5 overlap % | other-photo top-1 % | other-photo top-5 % | same other photo % | file |"
+  say "|---|---|---|---|---|---|---|---|"
+  args=(); for n in "${names[@]}"; do args+=(--model "$n"); done
+  mapfile -t results < <("$BIN" --quiet eval "${args[@]}" --data "$OUT/retrieval96.safetensors" --reference "$dense" --json --threads "$THREADS")
+  for i in "${!results[@]}"; do
+    IFS='|' read -r keep secs_bytes <<<"${infos[$i]}"
+    read -r _secs bytes <<<"$secs_bytes"
+    python3 - "${results[$i]}" "$keep" "$bytes" <<'PY' | tee -a "$MD"
+import json, sys
+r = json.loads(sys.argv[1]); pct = lambda k: f"{100 * r[k]:.1f}"
+print(f"| {sys.argv[2]} | {r['pooled_cosine']:.4f} | {pct('knn_top1_agreement')} | {pct('knn_top5_overlap')} | "
+      f"{pct('knn_top1_agreement_other_labels')} | {pct('knn_top5_overlap_other_labels')} | "
+      f"{pct('knn_top1_label_agreement_other_labels')} | {int(sys.argv[3])/2**20:.2f} MiB |")
+PY
+  done
+  say ""
+  probe=(); for n in "${names[@]}"; do probe+=(--model "$n"); done
+  FACTORVIT="$BIN" python3 scripts/linear-probe.py --dense "$dense" "${probe[@]}" --threads "$THREADS" \
+    --cache "$OUT/probe-cache" | tee -a "$MD"
 fi
 echo "wrote $MD" >&2

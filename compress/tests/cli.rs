@@ -252,3 +252,77 @@ fn infer_input_errors_exit_1() {
         assert!(!out.exists());
     }
 }
+
+/// `eval` of a backbone against a reference reports nearest-neighbour retrieval agreement (in
+/// the JSON and the table) with at least 3 images, the other-label variant with labels, and
+/// keeps the fields it had before unchanged.
+#[test]
+fn eval_reports_knn_retrieval_agreement_for_backbones() {
+    let tmp = TempDir::new("cli-eval-knn");
+    let model = fixture("hf-dinov2-micro");
+    let write = |name: &str, n: usize, labels: Option<&[i64]>| {
+        let path = tmp.join(name);
+        let mut t = std::collections::BTreeMap::new();
+        t.insert("pixel_values".to_string(), f16_tensor(&[n, 3, 56, 56], 11));
+        if let Some(l) = labels {
+            let data = l.iter().flat_map(|v| v.to_le_bytes()).collect();
+            t.insert(
+                "labels".to_string(),
+                factorvit_compress::checkpoint::StoredTensor { dtype: DType::I64, shape: vec![n], data },
+            );
+        }
+        write_tensors(&path, &t);
+        path
+    };
+    // Labels 0 (4 images, 6 candidates of the other label each: top-1 and top-5) and 1 (6 images,
+    // 4 candidates: top-1 only).
+    let ten = write("ten.safetensors", 10, Some(&[0, 0, 0, 0, 1, 1, 1, 1, 1, 1]));
+    let three = write("three.safetensors", 3, None);
+    let two = write("two.safetensors", 2, None);
+    // A perturbed copy of the model: different features, same outputs.
+    let perturbed = copy_fixture("hf-dinov2-micro");
+    edit_weights(perturbed.path(), |t| {
+        let name = t.keys().find(|k| k.contains("layer.0") && k.contains("fc1.weight")).unwrap().clone();
+        t.insert(name.clone(), f16_tensor(&t[&name].shape.clone(), 3));
+    });
+    let eval = |m: &Path, data: &Path, json: bool| -> String {
+        let mut args = vec!["eval", "--model", p(m), "--data", p(data), "--reference", p(&model), "--threads", "1"];
+        if json {
+            args.push("--json");
+        }
+        let o = factorvit(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let keys = |s: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(s.trim()).unwrap();
+        v.as_object().unwrap().keys().cloned().collect()
+    };
+    let old = ["n", "pooled_cosine", "token_cosine"];
+    let knn = ["knn_top1_agreement", "knn_top5_overlap"];
+    let other =
+        ["knn_top1_agreement_other_labels", "knn_top5_overlap_other_labels", "knn_top1_label_agreement_other_labels"];
+    let sorted = |parts: &[&[&str]]| {
+        let mut v: Vec<String> = parts.iter().flat_map(|p| p.iter().map(|s| s.to_string())).collect();
+        v.sort();
+        v
+    };
+    // The model against itself: every neighbour agrees.
+    let same: serde_json::Value = serde_json::from_str(eval(&model, &ten, true).trim()).unwrap();
+    assert_eq!(keys(&same.to_string()), sorted(&[&old, &knn, &other]));
+    for k in knn.iter().chain(&other) {
+        assert_eq!(same[k].as_f64(), Some(1.0), "{k}: {same}");
+    }
+    let table = eval(&model, &ten, false);
+    assert!(table.contains("kNN top-1 agreement 100.00%  kNN top-5 overlap 100.00%"), "{table}");
+    assert!(table.contains("other-label kNN top-1 agreement 100.00%"), "{table}");
+    // A perturbed model: fractions in [0, 1] (their values depend on the features).
+    let diff: serde_json::Value = serde_json::from_str(eval(perturbed.path(), &ten, true).trim()).unwrap();
+    for k in knn.iter().chain(&other) {
+        assert!(diff[k].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)), "{k}: {diff}");
+    }
+    // 3 images: top-1 only, without labels no other-label fields; 2 images: none.
+    assert_eq!(keys(&eval(&model, &three, true)), sorted(&[&old, &["knn_top1_agreement"]]));
+    assert_eq!(keys(&eval(&model, &two, true)), sorted(&[&old]));
+    assert!(!eval(&model, &two, false).contains("kNN"));
+}

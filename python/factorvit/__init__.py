@@ -274,7 +274,11 @@ def evaluate(
     """Evaluates a model, as ``factorvit eval --json`` does: returns a dict with ``n`` and,
     where they apply, ``top1`` / ``top5`` (with labels), ``agreement`` and ``kl`` (classifiers
     against ``reference``), ``token_cosine`` and ``pooled_cosine`` (backbones against
-    ``reference``).
+    ``reference``), and for backbones on at least 3 images nearest-neighbour retrieval
+    agreement: ``knn_top1_agreement``, ``knn_top5_overlap`` (at least 7 images) and, with
+    ``labels`` grouping the images, ``knn_top1_agreement_other_labels`` /
+    ``knn_top5_overlap_other_labels`` (neighbours among images of another label) and
+    ``knn_top1_label_agreement_other_labels`` (the label of that neighbour).
 
     ``model`` / ``reference``: a :class:`Model` or a path. ``data``: an image folder (one
     subfolder per class), a safetensors file with ``pixel_values`` (+ ``labels``), a

@@ -157,7 +157,8 @@ def evaluate(
     threads: int = 0,
 ) -> Dict[str, Any]:
     """The fields of ``factorvit eval --json``: n, top1, top5, agreement, kl, token_cosine,
-    pooled_cosine (those that apply)."""
+    pooled_cosine, knn_top1_agreement, knn_top5_overlap, knn_top1_agreement_other_labels,
+    knn_top5_overlap_other_labels, knn_top1_label_agreement_other_labels (those that apply)."""
 
 def load_safetensors(path: PathLike) -> Dict[str, np.ndarray]:
     """Every tensor of a safetensors file (F64 as float64, other floats as float32, integers as int64)."""

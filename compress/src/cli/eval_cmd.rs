@@ -22,7 +22,13 @@ folder (--split). Labels must be class indices of the model (an error otherwise)
 finite. The images are held in memory as f32 (N x C x H x W x 4 bytes, at most 16 GiB; use
 --limit for more). With --reference: top-1 agreement and mean KL(reference || model) for
 classifiers, mean cosine similarity of last_hidden_state tokens and of pooler_output for
-backbones.";
+backbones, and for backbones on at least 3 images nearest-neighbour retrieval agreement: the
+fraction of images whose nearest other image by cosine of pooler_output is the same with the
+model's features as with the reference's (knn_top1_agreement), and the mean overlap of the 5
+nearest (knn_top5_overlap, at least 7 images). With labels (for a backbone: groups, e.g. the
+crops of one photo) the same with neighbours restricted to images of another label
+(knn_top1_agreement_other_labels, knn_top5_overlap_other_labels), and the fraction whose
+nearest image of another label has the same label with both (knn_top1_label_agreement_other_labels).";
 
 /// Arguments of `factorvit eval`.
 #[derive(Debug, clap::Args)]
@@ -158,6 +164,17 @@ fn print_metrics(path: &std::path::Path, m: &Metrics, json: bool, name_it: bool)
     }
     if let Some(v) = m.pooled_cosine {
         parts.push(format!("pooled cosine {v:.4}"));
+    }
+    for (name, value) in [
+        ("kNN top-1 agreement", m.knn_top1_agreement),
+        ("kNN top-5 overlap", m.knn_top5_overlap),
+        ("other-label kNN top-1 agreement", m.knn_top1_agreement_other_labels),
+        ("other-label kNN top-5 overlap", m.knn_top5_overlap_other_labels),
+        ("other-label kNN top-1 label agreement", m.knn_top1_label_agreement_other_labels),
+    ] {
+        if let Some(v) = pct(value) {
+            parts.push(format!("{name} {v}"));
+        }
     }
     if name_it {
         parts.insert(0, path.display().to_string());
