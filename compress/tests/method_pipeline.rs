@@ -38,7 +38,7 @@ fn options(model: &Model<'_>, keep: f64) -> PipelineOptions {
 }
 
 fn run(model: &Model<'_>, data: &Dataset, opts: &PipelineOptions) -> Compressed {
-    let calib = Calibration::from_dataset(&data);
+    let calib = Calibration::from_dataset(data);
     compress_model(model, &calib, opts).expect("compression succeeds")
 }
 
